@@ -1,0 +1,3 @@
+from libra_node.cli import main
+
+raise SystemExit(main())
