@@ -119,6 +119,18 @@ study_events = sa.Table(
     sa.Column("at", sa.Float, nullable=False, index=True),
 )
 
+# Studies the node itself asked a PACS to send (C-MOVE of a prior to the
+# node's own listener): their instances are kept, but never reopen or
+# report a study.
+retrievals = sa.Table(
+    "retrievals",
+    metadata,
+    sa.Column("study_uid", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+RETRIEVED_REASON = "retrieved from the PACS as a prior, not reported"
+
 
 @dataclass(frozen=True)
 class InstanceRecord:
@@ -272,7 +284,10 @@ class Ledger:
             if previous is not None and previous.sha256 == record.sha256:
                 return RecordOutcome.DUPLICATE
             outcome = RecordOutcome.NEW if previous is None else RecordOutcome.REPLACED
-            self._upsert_study(connection, record, now, content_changed=previous is not None)
+            if self._is_expected_retrieval(connection, facts.study_instance_uid, now):
+                self._upsert_retrieved_study(connection, record, now)
+            else:
+                self._upsert_study(connection, record, now, content_changed=previous is not None)
             self._upsert_series(connection, facts)
             self._upsert_instance(connection, record, now, replace=previous is not None)
             return outcome
@@ -319,6 +334,56 @@ class Ledger:
             )
             self._event(connection, uid, values["version"], StudyState.RECEIVING, reason, now)
         connection.execute(studies.update().where(studies.c.study_uid == uid).values(**values))
+
+    def _is_expected_retrieval(self, connection: Connection, study_uid: str, now: float) -> bool:
+        return (
+            connection.execute(
+                sa.select(retrievals.c.study_uid).where(
+                    retrievals.c.study_uid == study_uid, retrievals.c.expires_at >= now
+                )
+            ).first()
+            is not None
+        )
+
+    def _upsert_retrieved_study(
+        self, connection: Connection, record: InstanceRecord, now: float
+    ) -> None:
+        """A prior arriving by C-MOVE: keep it, report nothing, reopen nothing."""
+        uid = record.facts.study_instance_uid
+        if connection.execute(sa.select(studies.c.study_uid).where(studies.c.study_uid == uid)).first():
+            return
+        connection.execute(
+            studies.insert().values(
+                study_uid=uid,
+                patient_id=record.patient_id,
+                issuer_of_patient_id=record.issuer_of_patient_id,
+                study_date=record.study_date,
+                study_time=record.study_time,
+                accession_number=record.accession_number,
+                study_description=record.study_description,
+                state=StudyState.SKIPPED.value,
+                state_reason=RETRIEVED_REASON,
+                version=1,
+                created_at=now,
+                state_changed_at=now,
+                first_instance_at=now,
+                last_instance_at=now,
+                completed_at=now,
+                completion_rule="retrieved",
+            )
+        )
+        self._event(connection, uid, 1, StudyState.SKIPPED, RETRIEVED_REASON, now)
+
+    def expect_retrieval(self, study_uid: str, seconds: float, now: float | None = None) -> None:
+        """Announce that a PACS will send this study because the node asked for it."""
+        now = time.time() if now is None else now
+        with self.transaction() as connection:
+            connection.execute(retrievals.delete().where(retrievals.c.study_uid == study_uid))
+            connection.execute(retrievals.insert().values(study_uid=study_uid, expires_at=now + seconds))
+
+    def end_retrieval(self, study_uid: str) -> None:
+        with self.transaction() as connection:
+            connection.execute(retrievals.delete().where(retrievals.c.study_uid == study_uid))
 
     def _upsert_series(self, connection: Connection, facts: ImageFacts) -> None:
         exists = connection.execute(
