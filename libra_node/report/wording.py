@@ -1,0 +1,51 @@
+"""The sentences both renditions (SR and PDF) show, so that they say the same."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from libra_node.draft import ModelIdentity
+
+AI_DRAFT_BANNER = "AI DRAFT - NOT VERIFIED"
+AI_DRAFT_NOTICE = (
+    "AI DRAFT - NOT VERIFIED. This report was written automatically by a "
+    "machine-learning model and has not been reviewed by a radiologist. "
+    "It must not be used for diagnosis until a radiologist has verified it."
+)
+DEMO_BANNER = "DEMO MODEL - UNTRAINED"
+DEMO_NOTICE = (
+    "DEMO MODEL - UNTRAINED. The model that wrote this text has random, "
+    "untrained weights: the text is meaningless and is not a medical assessment."
+)
+NO_PRIOR = "No prior study was available for comparison."
+
+
+def notices(model: ModelIdentity) -> list[str]:
+    """The warnings that head every rendition, most important first."""
+    return [AI_DRAFT_NOTICE, DEMO_NOTICE] if model.is_demo else [AI_DRAFT_NOTICE]
+
+
+def comparison(prior_study_date: dt.date | None) -> str:
+    """What the draft was compared with, naming the prior's date."""
+    if prior_study_date is None:
+        return NO_PRIOR
+    return f"Compared with the prior chest radiograph of {prior_study_date.isoformat()}."
+
+
+def model_description(model: ModelIdentity) -> str:
+    """The model's identity in one line, as people read it."""
+    text = (
+        f"{model.name} (variant {model.variant}, weights {model.revision}), "
+        f"libra-node {model.node_version}"
+    )
+    return f"{text}, untrained demo model" if model.is_demo else text
+
+
+def series_description(configured: str, model: ModelIdentity) -> str:
+    """The configured series description, marked when the model is a demo.
+
+    The mark is added only where it fits the 64 characters a series
+    description may hold; the content always carries the demo notice.
+    """
+    marked = f"{configured} ({DEMO_BANNER})"
+    return marked if model.is_demo and len(marked) <= 64 else configured
