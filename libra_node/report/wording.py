@@ -7,16 +7,18 @@ import datetime as dt
 from libra_node.draft import ModelIdentity
 
 AI_DRAFT_BANNER = "AI DRAFT - NOT VERIFIED"
-AI_DRAFT_NOTICE = (
-    "AI DRAFT - NOT VERIFIED. This report was written automatically by a "
-    "machine-learning model and has not been reviewed by a radiologist. "
-    "It must not be used for diagnosis until a radiologist has verified it."
+AI_DRAFT_EXPLANATION = (
+    "This report was written automatically by a machine-learning model and "
+    "has not been reviewed by a radiologist. It must not be used for "
+    "diagnosis until a radiologist has verified it."
 )
+AI_DRAFT_NOTICE = f"{AI_DRAFT_BANNER}. {AI_DRAFT_EXPLANATION}"
 DEMO_BANNER = "DEMO MODEL - UNTRAINED"
-DEMO_NOTICE = (
-    "DEMO MODEL - UNTRAINED. The model that wrote this text has random, "
-    "untrained weights: the text is meaningless and is not a medical assessment."
+DEMO_EXPLANATION = (
+    "The model that wrote this text has random, untrained weights: the text "
+    "is meaningless and is not a medical assessment."
 )
+DEMO_NOTICE = f"{DEMO_BANNER}. {DEMO_EXPLANATION}"
 NO_PRIOR = "No prior study was available for comparison."
 
 
