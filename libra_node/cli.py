@@ -76,11 +76,39 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_run_config_check)
 
 
+# --- show --------------------------------------------------------------------
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    from libra_node.report.show import NotAStructuredReportError, read_sr, render_sr_text
+
+    try:
+        text = render_sr_text(read_sr(args.file))
+    except NotAStructuredReportError as exc:
+        print(f"libra-node: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
+
+
+def _add_show(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "show",
+        help="print a Structured Report as readable text",
+        description="Print an SR document (the node's draft reports or any other "
+        "TID 2000 style report): patient, study, status flags, author, then the "
+        "content tree.",
+    )
+    parser.add_argument("file", metavar="SR.dcm", help="the SR file to show")
+    parser.set_defaults(handler=_run_show)
+
+
 # --- wiring ------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_serve,
     _add_config,
+    _add_show,
 ]
 
 
