@@ -255,6 +255,8 @@ class StorageListener:
             METRICS.associations_rejected.labels(reason="host not allowed").inc()
             log.warning("association.rejected", reason="source address not allowed")
             event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, DIAGNOSTIC_NO_REASON)
+            # As pynetdicom's own rejections do: let the DUL send the PDU and stop.
+            event.assoc.kill()
 
     def _handle_rejected(self, event: Event) -> None:
         METRICS.associations_rejected.labels(reason="policy").inc()
