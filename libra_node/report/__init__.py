@@ -8,6 +8,8 @@ into readable text for ``libra-node show``.
 """
 
 from libra_node.report.draft_report import DocumentReference, DraftReport, InvalidDraftError
+from libra_node.report.pdf import build_pdf
+from libra_node.report.show import NotAStructuredReportError, read_sr, render_sr_text
 from libra_node.report.sr import build_sr
 from libra_node.report.uids import DocumentUids, pdf_uids, sr_uids
 
@@ -16,7 +18,11 @@ __all__ = [
     "DocumentUids",
     "DraftReport",
     "InvalidDraftError",
+    "NotAStructuredReportError",
+    "build_pdf",
     "build_sr",
     "pdf_uids",
+    "read_sr",
+    "render_sr_text",
     "sr_uids",
 ]

@@ -21,9 +21,9 @@ from pydicom.uid import UID
 from libra_node.draft import ClinicalContext, ImageReference, ModelIdentity
 from libra_node.report.uids import sr_uids
 
-# Text values (UT, LO) may hold TAB, LF, FF and CR; other control characters
-# are invalid DICOM and would confuse viewers.
-_FORBIDDEN_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+# DICOM text values (UT, ST, LO) may hold LF, FF and CR but no other control
+# character, not even TAB (ESC only as part of a character set's encoding).
+_FORBIDDEN_CONTROL = re.compile(r"[\x00-\x09\x0b\x0e-\x1f\x7f]")
 # Long String (LO) values: the model's name, revision and node version go
 # into equipment attributes of this VR.
 _LO_MAX = 64
@@ -175,6 +175,9 @@ def _check_model(model: ModelIdentity) -> None:
             raise InvalidDraftError(f"model.{name} is empty")
         if len(value) > _LO_MAX:
             raise InvalidDraftError(f"model.{name} is longer than {_LO_MAX} characters")
+        if "\\" in value:
+            # A backslash separates values in LO attributes.
+            raise InvalidDraftError(f"model.{name} contains a backslash")
 
 
 def _check_predecessor(draft: DraftReport) -> None:

@@ -25,7 +25,12 @@ from libra_node.report import wording
 from libra_node.report.charset import choose_character_set
 from libra_node.report.draft_report import DraftReport
 from libra_node.report.pdf_layout import render_report_pdf
-from libra_node.report.sr import algorithm_equipment, pin_creation_time, report_texts
+from libra_node.report.sr import (
+    algorithm_equipment,
+    check_settings,
+    pin_creation_time,
+    report_texts,
+)
 from libra_node.report.uids import pdf_uids, sr_uids
 
 log = get_logger(__name__)
@@ -94,6 +99,7 @@ def _new_document(draft: DraftReport, settings: ReportSettings) -> SOPClass:
 
 def build_pdf(draft: DraftReport, settings: ReportSettings) -> Dataset:
     """The draft as an Encapsulated PDF instance ready to be written or sent."""
+    check_settings(settings)
     document = _new_document(draft, settings)
     pdf = render_report_pdf(draft)
     # SC Equipment: a document synthesized by software, not scanned.

@@ -96,6 +96,16 @@ def _predecessors(draft: DraftReport) -> list[Dataset] | None:
     ]
 
 
+def check_settings(settings: ReportSettings) -> None:
+    """Refuse settings that would make invalid Long String (LO) values."""
+    for name in ("manufacturer", "institution_name", "series_description"):
+        value = getattr(settings, name)
+        if len(value) > 64 or "\\" in value:
+            raise ValueError(f"report.{name} must be at most 64 characters, without a backslash")
+    if not settings.manufacturer.strip():
+        raise ValueError("report.manufacturer must not be empty: it names the equipment that wrote the report")
+
+
 def algorithm_equipment(draft: DraftReport, settings: ReportSettings) -> ContributingEquipment:
     """The model, as the equipment that processed the images into this text."""
     model = draft.model
@@ -143,6 +153,7 @@ def pin_creation_time(document: Dataset, created_at: dt.datetime) -> None:
 
 def build_sr(draft: DraftReport, settings: ReportSettings) -> EnhancedSR | ComprehensiveSR:
     """The draft as an SR document ready to be written or sent."""
+    check_settings(settings)
     uids = sr_uids(draft.study_instance_uid, draft.study_version, draft.model)
     sr_class = ComprehensiveSR if settings.sop_class == "comprehensive" else EnhancedSR
     created = draft.created_at.replace(microsecond=0)
