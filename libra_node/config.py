@@ -163,14 +163,14 @@ class Settings(BaseSettings):
         case_sensitive=False,
     )
 
-    node: NodeSettings = NodeSettings()
-    listener: ListenerSettings = ListenerSettings()
-    ledger: LedgerSettings = LedgerSettings()
-    pacs: PacsSettings = PacsSettings()
-    broker: BrokerSettings = BrokerSettings()
-    model: ModelSettings = ModelSettings()
-    report: ReportSettings = ReportSettings()
-    metrics: MetricsSettings = MetricsSettings()
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    listener: ListenerSettings = Field(default_factory=ListenerSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    pacs: PacsSettings = Field(default_factory=PacsSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     # Set on a throw-away subclass by load_settings(); pydantic-settings reads
     # sources at class level, so the file cannot be an instance argument.
