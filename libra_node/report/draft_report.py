@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID
 
 from libra_node.draft import ClinicalContext, ImageReference, ModelIdentity
 from libra_node.report.uids import sr_uids
@@ -27,6 +27,11 @@ _FORBIDDEN_CONTROL = re.compile(r"[\x00-\x09\x0b\x0e-\x1f\x7f]")
 # Long String (LO) values: the model's name, revision and node version go
 # into equipment attributes of this VR.
 _LO_MAX = 64
+
+
+def _is_valid_uid(value: str) -> bool:
+    # pydicom's UID() warns on invalid values; a refusal is clearer.
+    return len(value) <= 64 and re.fullmatch(RE_VALID_UID, value) is not None
 
 
 class InvalidDraftError(ValueError):
@@ -105,7 +110,7 @@ def _study_uid(header: Dataset) -> str:
     value = str(header.get("StudyInstanceUID") or "").strip()
     if not value:
         raise InvalidDraftError("current_header has no StudyInstanceUID")
-    if not UID(value).is_valid:
+    if not _is_valid_uid(value):
         raise InvalidDraftError(f"current_header's StudyInstanceUID {value!r} is not a valid UID")
     return value
 
@@ -122,7 +127,7 @@ def _check_version(draft: DraftReport) -> None:
 def _check_reference(image: ImageReference, role: str) -> None:
     for name in ("study_instance_uid", "series_instance_uid", "sop_instance_uid", "sop_class_uid"):
         value = str(getattr(image, name) or "")
-        if not UID(value).is_valid:
+        if not _is_valid_uid(value):
             raise InvalidDraftError(f"{role} image has an invalid {name}: {value!r}")
 
 
@@ -187,7 +192,7 @@ def _check_predecessor(draft: DraftReport) -> None:
     if not isinstance(earlier, DocumentReference):
         raise InvalidDraftError("predecessor must be a DocumentReference")
     for name, value in earlier.to_dict().items():
-        if not UID(str(value)).is_valid:
+        if not _is_valid_uid(str(value)):
             raise InvalidDraftError(f"predecessor has an invalid {name}: {value!r}")
     own = sr_uids(draft.study_instance_uid, draft.study_version, draft.model)
     if earlier.sop_instance_uid == own.sop_instance_uid:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime as dt
+import warnings
 
 import pytest
 from pydicom.dataset import Dataset
@@ -26,7 +27,9 @@ def _header_without_study_uid(draft: DraftReport) -> Dataset:
 
 def _header_with_study_uid(draft: DraftReport, uid: str) -> Dataset:
     header = copy.deepcopy(draft.current_header)
-    header.StudyInstanceUID = uid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UID we want
+        header.StudyInstanceUID = uid
     return header
 
 
