@@ -28,6 +28,7 @@ from libra_node.report.pdf_layout import render_report_pdf
 from libra_node.report.sr import (
     algorithm_equipment,
     check_settings,
+    header_source,
     pin_creation_time,
     report_texts,
 )
@@ -57,7 +58,7 @@ def _source_sr(draft: DraftReport, settings: ReportSettings) -> Dataset:
 
 
 def _new_document(draft: DraftReport, settings: ReportSettings) -> SOPClass:
-    header = draft.current_header
+    header = header_source(draft)
     uids = pdf_uids(draft.study_instance_uid, draft.study_version, draft.model)
     created = draft.created_at.replace(microsecond=0)
     document = SOPClass(
@@ -90,7 +91,7 @@ def _new_document(draft: DraftReport, settings: ReportSettings) -> SOPClass:
     )
     document.copy_patient_and_study_information(header)
     document.ContributingEquipmentSequence = [algorithm_equipment(draft, settings)]
-    character_set = choose_character_set(header, report_texts(draft, settings))
+    character_set = choose_character_set(draft.current_header, report_texts(draft, settings))
     if character_set is not None:
         document.SpecificCharacterSet = character_set
     pin_creation_time(document, created)

@@ -55,6 +55,20 @@ def _reference_dataset(study: str, series: str, instance: str, sop_class: str) -
     return item
 
 
+def header_source(draft: DraftReport) -> Dataset:
+    """The current header as the first current image, complete enough for
+    highdicom to copy the Patient and General Study modules from it."""
+    first_image = draft.current_images[0]
+    source = copy.deepcopy(draft.current_header)
+    for keyword in _REQUIRED_HEADER_KEYWORDS:
+        if keyword not in source:
+            setattr(source, keyword, None)
+    source.SeriesInstanceUID = first_image.series_instance_uid
+    source.SOPInstanceUID = first_image.sop_instance_uid
+    source.SOPClassUID = first_image.sop_class_uid
+    return source
+
+
 def _evidence(draft: DraftReport) -> list[Dataset]:
     """The images the draft was made from, the first carrying the header.
 
@@ -62,14 +76,6 @@ def _evidence(draft: DraftReport) -> list[Dataset]:
     and splits the items into current and pertinent-other evidence by
     StudyInstanceUID.
     """
-    first_image, *other_current = draft.current_images
-    first = copy.deepcopy(draft.current_header)
-    for keyword in _REQUIRED_HEADER_KEYWORDS:
-        if keyword not in first:
-            setattr(first, keyword, None)
-    first.SeriesInstanceUID = first_image.series_instance_uid
-    first.SOPInstanceUID = first_image.sop_instance_uid
-    first.SOPClassUID = first_image.sop_class_uid
     others = [
         _reference_dataset(
             image.study_instance_uid,
@@ -77,9 +83,9 @@ def _evidence(draft: DraftReport) -> list[Dataset]:
             image.sop_instance_uid,
             image.sop_class_uid,
         )
-        for image in (*other_current, *draft.prior_images)
+        for image in (*draft.current_images[1:], *draft.prior_images)
     ]
-    return [first, *others]
+    return [header_source(draft), *others]
 
 
 def _predecessors(draft: DraftReport) -> list[Dataset] | None:

@@ -144,3 +144,11 @@ def test_odd_pdf_lengths_are_padded_and_recorded(make_draft, settings) -> None:
         assert pdf_bytes(document).rstrip().endswith(b"%%EOF")
         parities.add(length % 2)
     assert parities == {0, 1}
+
+
+def test_header_with_only_a_study_uid_still_gives_a_valid_pdf(make_draft, settings, check_dicom) -> None:
+    header = Dataset()
+    header.StudyInstanceUID = make_draft().study_instance_uid
+    document = pydicom.dcmread(check_dicom(build_pdf(make_draft(current_header=header), settings)).path)
+    assert document.StudyInstanceUID == header.StudyInstanceUID
+    assert AI_DRAFT_BANNER in pdf_text(document)[0]

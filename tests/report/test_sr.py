@@ -276,3 +276,12 @@ def test_dcmtk_reads_the_status_and_tree(make_draft, settings, check_sr) -> None
     for expected in ("Enhanced SR Document", "UNVERIFIED", "PRELIMINARY", "PARTIAL",
                      "Diagnostic Imaging Report", "Findings", "Doe^Jane"):
         assert expected in dump
+
+
+def test_header_with_only_a_study_uid_still_gives_a_valid_sr(make_draft, settings, check_sr) -> None:
+    """Patient and study attributes are Type 2: absent ones are written empty."""
+    header = Dataset()
+    header.StudyInstanceUID = make_draft().study_instance_uid
+    sr = pydicom.dcmread(check_sr(build_sr(make_draft(current_header=header), settings)).path)
+    assert sr.StudyInstanceUID == header.StudyInstanceUID
+    assert sr.PatientName == "" and sr.PatientID == ""
