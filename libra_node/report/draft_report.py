@@ -48,7 +48,7 @@ class DocumentReference:
     sop_class_uid: str
 
     @classmethod
-    def from_dataset(cls, dataset: Dataset) -> "DocumentReference":
+    def from_dataset(cls, dataset: Dataset) -> DocumentReference:
         return cls(
             study_instance_uid=str(dataset.StudyInstanceUID),
             series_instance_uid=str(dataset.SeriesInstanceUID),
@@ -60,7 +60,7 @@ class DocumentReference:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DocumentReference":
+    def from_dict(cls, data: dict[str, Any]) -> DocumentReference:
         return cls(**data)
 
 
@@ -133,7 +133,9 @@ def _check_reference(image: ImageReference, role: str) -> None:
 
 def _check_images(draft: DraftReport) -> None:
     if not draft.current_images:
-        raise InvalidDraftError("no current images: the report must name the images it was made from")
+        raise InvalidDraftError(
+            "no current images: the report must name the images it was made from"
+        )
     for image in draft.current_images:
         _check_reference(image, "current")
         if image.study_instance_uid != draft.study_instance_uid:
@@ -197,5 +199,6 @@ def _check_predecessor(draft: DraftReport) -> None:
     own = sr_uids(draft.study_instance_uid, draft.study_version, draft.model)
     if earlier.sop_instance_uid == own.sop_instance_uid:
         raise InvalidDraftError(
-            "predecessor is this very SR (same study version): a new version needs a higher study_version"
+            "predecessor is this very SR (same study version): "
+            "a new version needs a higher study_version"
         )

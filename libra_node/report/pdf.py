@@ -22,16 +22,15 @@ from pydicom.uid import (
 from libra_node.config import ReportSettings
 from libra_node.logs import get_logger, phi_hash
 from libra_node.report import wording
-from libra_node.report.charset import choose_character_set
-from libra_node.report.draft_report import DraftReport
-from libra_node.report.pdf_layout import render_report_pdf
-from libra_node.report.sr import (
+from libra_node.report.document import (
     algorithm_equipment,
+    character_set,
     check_settings,
     header_source,
     pin_creation_time,
-    report_texts,
 )
+from libra_node.report.draft_report import DraftReport
+from libra_node.report.pdf_layout import render_report_pdf
 from libra_node.report.uids import pdf_uids, sr_uids
 
 log = get_logger(__name__)
@@ -91,9 +90,9 @@ def _new_document(draft: DraftReport, settings: ReportSettings) -> SOPClass:
     )
     document.copy_patient_and_study_information(header)
     document.ContributingEquipmentSequence = [algorithm_equipment(draft, settings)]
-    character_set = choose_character_set(draft.current_header, report_texts(draft, settings))
-    if character_set is not None:
-        document.SpecificCharacterSet = character_set
+    chosen_set = character_set(draft, settings)
+    if chosen_set is not None:
+        document.SpecificCharacterSet = chosen_set
     pin_creation_time(document, created)
     return document
 

@@ -10,8 +10,10 @@ Fonts: reportlab's built-in Helvetica holds Western European text; runs of
 text beyond it (a Japanese or Cyrillic name) are set in one of the standard
 Asian CID fonts that PDF readers provide (Japanese, which also holds Greek
 and Cyrillic, or Korean). Scripts outside those (Arabic, Hebrew, Thai) may
-show as empty boxes; the DICOM header always carries the exact name. The PDF is written in reportlab's invariant mode: no clock reading
-or random ID, so the same draft gives the same bytes.
+show as empty boxes; the DICOM header always carries the exact name.
+
+The PDF is written in reportlab's invariant mode: no clock reading or
+random ID, so the same draft gives the same bytes.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ _HEADING = ParagraphStyle(
 )
 _TITLE = ParagraphStyle("title", fontName=LATIN_BOLD_FONT, fontSize=15, leading=19, spaceAfter=6)
 _BANNER = ParagraphStyle(
-    "banner", fontName=LATIN_BOLD_FONT, fontSize=16, leading=20, textColor=colors.white, alignment=TA_CENTER
+    "banner",
+    fontName=LATIN_BOLD_FONT,
+    fontSize=16,
+    leading=20,
+    textColor=colors.white,
+    alignment=TA_CENTER,
 )
 _BANNER_TEXT = ParagraphStyle("banner-text", parent=_BODY, textColor=colors.white)
 

@@ -193,7 +193,9 @@ def _header_lines(dataset: Dataset) -> Iterator[tuple[str, str]]:
     patient = format_person_name(dataset.get("PatientName")) or "(no name)"
     details = [
         f"ID {dataset.get('PatientID')}" if dataset.get("PatientID") else "",
-        f"born {format_date(dataset.get('PatientBirthDate'))}" if dataset.get("PatientBirthDate") else "",
+        f"born {format_date(dataset.get('PatientBirthDate'))}"
+        if dataset.get("PatientBirthDate")
+        else "",
         str(dataset.get("PatientSex") or ""),
     ]
     details = [part for part in details if part]
@@ -208,7 +210,9 @@ def _header_lines(dataset: Dataset) -> Iterator[tuple[str, str]]:
     if dataset.get("SeriesNumber") is not None:
         series = f"{series} (#{dataset.SeriesNumber})".strip()
     yield "Series", series
-    content_time = f"{format_date(dataset.get('ContentDate'))} {format_time(dataset.get('ContentTime'))}"
+    content_time = (
+        f"{format_date(dataset.get('ContentDate'))} {format_time(dataset.get('ContentTime'))}"
+    )
     yield "Content date", content_time.strip()
     flags = [dataset.get(k) for k in ("VerificationFlag", "PreliminaryFlag", "CompletionFlag")]
     yield "Status", ", ".join(str(flag) for flag in flags if flag)

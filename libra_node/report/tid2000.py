@@ -5,7 +5,8 @@ content items. The root CONTAINER (LN 18748-4) holds, in order:
 
 - HAS CONCEPT MOD  Language of Content Item and Descendants = English
 - HAS OBS CONTEXT  Observer Type = Device, with the model as the device
-- HAS CONCEPT MOD  Procedure reported = plain chest X-ray
+- HAS CONCEPT MOD  Procedure reported = plain chest X-ray (TID 2000 row 3
+  makes this a concept modifier, not observation context)
 - CONTAINS  Current Procedure Descriptions: the AI-draft notice (and the
   demo notice), then the technique when known
 - CONTAINS  Request (indication) and History, when the context has them
@@ -18,6 +19,7 @@ content items. The root CONTAINER (LN 18748-4) holds, in order:
 from __future__ import annotations
 
 from highdicom.sr import (
+    CodeContentItem,
     CodedConcept,
     ContainerContentItem,
     ContentItem,
@@ -28,7 +30,6 @@ from highdicom.sr import (
     ObserverContext,
     RelationshipTypeValues,
     TextContentItem,
-    CodeContentItem,
 )
 from pydicom.sr.codedict import codes
 
@@ -72,7 +73,9 @@ def _observer_context(draft: DraftReport, manufacturer: str) -> list[ContentItem
         manufacturer_name=manufacturer,
         model_name=draft.model.name,
     )
-    return list(ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    return list(
+        ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    )
 
 
 def _procedure_descriptions(draft: DraftReport) -> ContainerContentItem:

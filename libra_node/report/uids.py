@@ -49,7 +49,9 @@ def _model_key(model: ModelIdentity) -> tuple[str, str, str]:
     return (model.name, model.variant, model.revision)
 
 
-def _document_uids(document: str, study_uid: str, study_version: int, model: ModelIdentity) -> DocumentUids:
+def _document_uids(
+    document: str, study_uid: str, study_version: int, model: ModelIdentity
+) -> DocumentUids:
     if study_version < 1:
         raise ValueError(f"study version must be 1 or more, not {study_version}")
     return DocumentUids(

@@ -23,7 +23,9 @@ from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_im
 
 CREATED_AT = dt.datetime(2026, 12, 1, 10, 30, 5)
 PRIOR_DATE = dt.date(2025, 6, 14)
-TRAINED_MODEL = ModelIdentity(name="libra-v1.0-7b", variant="7b", revision="a1b2c3d", node_version="0.1.0")
+TRAINED_MODEL = ModelIdentity(
+    name="libra-v1.0-7b", variant="7b", revision="a1b2c3d", node_version="0.1.0"
+)
 DEMO_MODEL = dataclasses.replace(TRAINED_MODEL, name="libra-tiny", variant="tiny", is_demo=True)
 CONTEXT = ClinicalContext(
     indication="Cough and fever for three days.",
@@ -129,7 +131,9 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 def dciodvfy_errors(path: Path) -> list[str]:
     """The error lines dicom3tools' validator prints (warnings are allowed)."""
     result = _run(["dciodvfy", str(path)])
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]
 
 
 @dataclass
@@ -161,9 +165,13 @@ def check_sr(check_dicom: Callable[[Dataset], CheckedFile]) -> Callable[[Dataset
     def checker(dataset: Dataset) -> CheckedFile:
         checked = check_dicom(dataset)
         dump = _run(["dsrdump", str(checked.path)])
-        assert dump.returncode == 0 and "Error" not in dump.stderr, f"dsrdump failed:\n{dump.stderr}"
+        assert dump.returncode == 0 and "Error" not in dump.stderr, (
+            f"dsrdump failed:\n{dump.stderr}"
+        )
         html = _run(["dsr2html", str(checked.path)])
-        assert html.returncode == 0 and "<html" in html.stdout.lower(), f"dsr2html failed:\n{html.stderr}"
+        assert html.returncode == 0 and "<html" in html.stdout.lower(), (
+            f"dsr2html failed:\n{html.stderr}"
+        )
         checked.dump, checked.html = dump.stdout, html.stdout
         return checked
 

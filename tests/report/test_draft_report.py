@@ -37,16 +37,27 @@ REFUSALS = {
     "empty findings": (lambda d: {"findings": ""}, "findings are empty"),
     "blank findings": (lambda d: {"findings": " \n "}, "findings are empty"),
     "findings not text": (lambda d: {"findings": None}, "findings must be text"),
-    "no study uid": (lambda d: {"current_header": _header_without_study_uid(d)}, "no StudyInstanceUID"),
-    "bad study uid": (lambda d: {"current_header": _header_with_study_uid(d, "1.2.x")}, "not a valid UID"),
-    "header not a dataset": (lambda d: {"current_header": {"StudyInstanceUID": "1.2.3"}}, "pydicom Dataset"),
+    "no study uid": (
+        lambda d: {"current_header": _header_without_study_uid(d)},
+        "no StudyInstanceUID",
+    ),
+    "bad study uid": (
+        lambda d: {"current_header": _header_with_study_uid(d, "1.2.x")},
+        "not a valid UID",
+    ),
+    "header not a dataset": (
+        lambda d: {"current_header": {"StudyInstanceUID": "1.2.3"}},
+        "pydicom Dataset",
+    ),
     "no current images": (lambda d: {"current_images": []}, "no current images"),
     "current image of another study": (
         lambda d: {"current_images": [_other_study(d.current_images[0])]},
         "another study",
     ),
     "invalid image uid": (
-        lambda d: {"current_images": [dataclasses.replace(d.current_images[0], sop_instance_uid="abc")]},
+        lambda d: {
+            "current_images": [dataclasses.replace(d.current_images[0], sop_instance_uid="abc")]
+        },
         "invalid sop_instance_uid",
     ),
     "prior in the current study": (
@@ -57,7 +68,10 @@ REFUSALS = {
     "date without prior": (lambda d: {"prior_images": []}, "without a prior image"),
     "version zero": (lambda d: {"study_version": 0}, "1 or more"),
     "version not an integer": (lambda d: {"study_version": "2"}, "must be an integer"),
-    "naive date for created_at": (lambda d: {"created_at": dt.date(2026, 1, 1)}, "datetime.datetime"),
+    "naive date for created_at": (
+        lambda d: {"created_at": dt.date(2026, 1, 1)},
+        "datetime.datetime",
+    ),
     "control character": (lambda d: {"findings": "Clear\x00 lungs"}, "U\\+0000"),
     "tab": (lambda d: {"impression": "Normal\tstudy"}, "U\\+0009"),
     "control character in context": (
@@ -65,8 +79,14 @@ REFUSALS = {
         "context.history",
     ),
     "context of the wrong type": (lambda d: {"context": {"history": "x"}}, "ClinicalContext"),
-    "long model name": (lambda d: {"model": dataclasses.replace(d.model, name="x" * 65)}, "longer than 64"),
-    "empty revision": (lambda d: {"model": dataclasses.replace(d.model, revision="")}, "model.revision is empty"),
+    "long model name": (
+        lambda d: {"model": dataclasses.replace(d.model, name="x" * 65)},
+        "longer than 64",
+    ),
+    "empty revision": (
+        lambda d: {"model": dataclasses.replace(d.model, revision="")},
+        "model.revision is empty",
+    ),
     "backslash in model name": (
         lambda d: {"model": dataclasses.replace(d.model, name="libra\\7b")},
         "backslash",

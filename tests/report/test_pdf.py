@@ -27,7 +27,9 @@ def pdf_text(document: Dataset) -> tuple[str, int]:
     return " ".join(text.split()), len(reader.pages)
 
 
-def test_pdf_is_valid_dicom_in_the_current_study(make_draft, settings, check_dicom, studies) -> None:
+def test_pdf_is_valid_dicom_in_the_current_study(
+    make_draft, settings, check_dicom, studies
+) -> None:
     draft = make_draft()
     document = pydicom.dcmread(check_dicom(build_pdf(draft, settings)).path)
     current = studies.current
@@ -38,7 +40,9 @@ def test_pdf_is_valid_dicom_in_the_current_study(make_draft, settings, check_dic
     assert document.SeriesDescription == "AI DRAFT - NOT VERIFIED"
     assert document.VerificationFlag == "UNVERIFIED"
     assert document.DocumentTitle.startswith(AI_DRAFT_BANNER)
-    assert pdf_bytes(document).startswith(b"%PDF-") and pdf_bytes(document).rstrip().endswith(b"%%EOF")
+    assert pdf_bytes(document).startswith(b"%PDF-") and pdf_bytes(document).rstrip().endswith(
+        b"%%EOF"
+    )
 
 
 def test_pdf_has_its_own_uids_and_names_the_sr(make_draft, settings) -> None:
@@ -52,7 +56,10 @@ def test_pdf_has_its_own_uids_and_names_the_sr(make_draft, settings) -> None:
     assert document.SOPInstanceUID != sr.SOPInstanceUID
     assert document.SeriesInstanceUID != sr.SeriesInstanceUID
     (source,) = document.SourceInstanceSequence
-    assert (source.ReferencedSOPInstanceUID, source.ReferencedSOPClassUID) == (sr.SOPInstanceUID, sr.SOPClassUID)
+    assert (source.ReferencedSOPInstanceUID, source.ReferencedSOPClassUID) == (
+        sr.SOPInstanceUID,
+        sr.SOPClassUID,
+    )
 
 
 def test_source_reference_follows_the_configured_sr_class(make_draft) -> None:
@@ -82,7 +89,9 @@ def test_pdf_says_what_the_sr_says(make_draft, settings) -> None:
 
 
 def test_pdf_without_prior_or_context(make_draft, settings, check_dicom) -> None:
-    document = build_pdf(make_draft(with_prior=False, context=ClinicalContext(), impression=""), settings)
+    document = build_pdf(
+        make_draft(with_prior=False, context=ClinicalContext(), impression=""), settings
+    )
     check_dicom(document)
     text, _ = pdf_text(document)
     assert NO_PRIOR in text
@@ -108,11 +117,17 @@ def test_markup_characters_are_printed_as_text(make_draft, settings, check_dicom
     ("name", "character_set", "shown"),
     [
         ("Müller^Jörg", "ISO_IR 100", "Müller, Jörg"),
-        ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"], "Yamada, Tarou / 山田, 太郎 / やまだ, たろう"),
+        (
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+            ["", "ISO 2022 IR 87"],
+            "Yamada, Tarou / 山田, 太郎 / やまだ, たろう",
+        ),
         ("Kim^Minjun=김^민준", "ISO_IR 192", "Kim, Minjun / 김, 민준"),
     ],
 )
-def test_patient_name_in_any_character_set(make_studies, make_draft, settings, check_dicom, name, character_set, shown) -> None:
+def test_patient_name_in_any_character_set(
+    make_studies, make_draft, settings, check_dicom, name, character_set, shown
+) -> None:
     studies = make_studies(name=name, character_set=character_set)
     document = pydicom.dcmread(check_dicom(build_pdf(make_draft(studies=studies), settings)).path)
     assert str(document.PatientName) == name
@@ -121,7 +136,9 @@ def test_patient_name_in_any_character_set(make_studies, make_draft, settings, c
 
 
 def test_very_long_text_runs_over_pages(make_draft, settings, check_dicom) -> None:
-    findings = "\n".join(f"Line {n}: the lungs remain clear without focal consolidation." for n in range(400))
+    findings = "\n".join(
+        f"Line {n}: the lungs remain clear without focal consolidation." for n in range(400)
+    )
     document = build_pdf(make_draft(findings=findings), settings)
     check_dicom(document)
     text, pages = pdf_text(document)
@@ -146,9 +163,13 @@ def test_odd_pdf_lengths_are_padded_and_recorded(make_draft, settings) -> None:
     assert parities == {0, 1}
 
 
-def test_header_with_only_a_study_uid_still_gives_a_valid_pdf(make_draft, settings, check_dicom) -> None:
+def test_header_with_only_a_study_uid_still_gives_a_valid_pdf(
+    make_draft, settings, check_dicom
+) -> None:
     header = Dataset()
     header.StudyInstanceUID = make_draft().study_instance_uid
-    document = pydicom.dcmread(check_dicom(build_pdf(make_draft(current_header=header), settings)).path)
+    document = pydicom.dcmread(
+        check_dicom(build_pdf(make_draft(current_header=header), settings)).path
+    )
     assert document.StudyInstanceUID == header.StudyInstanceUID
     assert AI_DRAFT_BANNER in pdf_text(document)[0]

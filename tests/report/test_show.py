@@ -46,7 +46,12 @@ def hand_made_report() -> Dataset:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Hand^Made", "HM-1", "19700203", "M"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+        "Hand^Made",
+        "HM-1",
+        "19700203",
+        "M",
+    )
     ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = generate_uid(), "20240102", "0930"
     ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "7", "HM-ACC", ""
     ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "SR", generate_uid(), 5
@@ -65,23 +70,45 @@ def hand_made_report() -> Dataset:
     ds.ValueType, ds.ContinuityOfContent = "CONTAINER", "SEPARATE"
     ds.ConceptNameCodeSequence = [code("18748-4", "LN", "Diagnostic Imaging Report")]
 
-    findings = content_item("CONTAINS", "CONTAINER", code("121070", "DCM", "Findings"), ContinuityOfContent="SEPARATE")
+    findings = content_item(
+        "CONTAINS", "CONTAINER", code("121070", "DCM", "Findings"), ContinuityOfContent="SEPARATE"
+    )
     measured = Dataset()
     measured.NumericValue = "12"
     measured.MeasurementUnitsCodeSequence = [code("mm", "UCUM", "millimeter")]
     findings.ContentSequence = [
-        content_item("CONTAINS", "CODE", code("121071", "DCM", "Finding"),
-                     ConceptCodeSequence=[code("27925004", "SCT", "Nodule")]),
-        content_item("CONTAINS", "NUM", code("410668003", "SCT", "Length"), MeasuredValueSequence=[measured]),
-        content_item("CONTAINS", "TEXT", code("121071", "DCM", "Finding"),
-                     TextValue="Small nodule in the right upper lobe.\r\nFollow-up advised."),
+        content_item(
+            "CONTAINS",
+            "CODE",
+            code("121071", "DCM", "Finding"),
+            ConceptCodeSequence=[code("27925004", "SCT", "Nodule")],
+        ),
+        content_item(
+            "CONTAINS", "NUM", code("410668003", "SCT", "Length"), MeasuredValueSequence=[measured]
+        ),
+        content_item(
+            "CONTAINS",
+            "TEXT",
+            code("121071", "DCM", "Finding"),
+            TextValue="Small nodule in the right upper lobe.\r\nFollow-up advised.",
+        ),
     ]
     ds.ContentSequence = [
-        content_item("HAS OBS CONTEXT", "CODE", code("121005", "DCM", "Observer Type"),
-                     ConceptCodeSequence=[code("121006", "DCM", "Person")]),
-        content_item("HAS OBS CONTEXT", "PNAME", code("121008", "DCM", "Person Observer Name"),
-                     PersonName="Reader^Rita"),
-        content_item("HAS OBS CONTEXT", "DATE", code("111060", "DCM", "Study Date"), Date="20240102"),
+        content_item(
+            "HAS OBS CONTEXT",
+            "CODE",
+            code("121005", "DCM", "Observer Type"),
+            ConceptCodeSequence=[code("121006", "DCM", "Person")],
+        ),
+        content_item(
+            "HAS OBS CONTEXT",
+            "PNAME",
+            code("121008", "DCM", "Person Observer Name"),
+            PersonName="Reader^Rita",
+        ),
+        content_item(
+            "HAS OBS CONTEXT", "DATE", code("111060", "DCM", "Study Date"), Date="20240102"
+        ),
         findings,
     ]
     return ds
@@ -105,12 +132,18 @@ def test_shows_our_draft_with_header_and_tree(make_draft, settings, check_sr, ca
     for finding_line in draft.findings.splitlines():
         assert f"        {finding_line}" in lines
     assert f"    contains Impression: {draft.impression}" in lines
-    assert "      inferred from Baseline: Digital X-Ray Image Storage - For Presentation " + draft.prior_images[0].sop_instance_uid in lines
+    assert (
+        "      inferred from Baseline: Digital X-Ray Image Storage - For Presentation "
+        + draft.prior_images[0].sop_instance_uid
+        in lines
+    )
 
 
 def test_shows_the_predecessor_of_a_new_version(make_draft, settings, check_sr, capsys) -> None:
     first = build_sr(make_draft(), settings)
-    second = build_sr(make_draft(study_version=2, predecessor=DocumentReference.from_dataset(first)), settings)
+    second = build_sr(
+        make_draft(study_version=2, predecessor=DocumentReference.from_dataset(first)), settings
+    )
     status, out, _ = show(check_sr(second).path, capsys)
     assert status == 0
     assert f"Replaces     : {first.SOPInstanceUID}" in out.splitlines()

@@ -24,7 +24,9 @@ def meanings(items: list[Dataset]) -> list[str]:
 
 
 def child(item: Dataset, meaning: str) -> Dataset:
-    matches = [c for c in item.ContentSequence if c.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+    matches = [
+        c for c in item.ContentSequence if c.ConceptNameCodeSequence[0].CodeMeaning == meaning
+    ]
     assert len(matches) == 1, f"expected one {meaning!r} under {meanings(item.ContentSequence)}"
     return matches[0]
 
@@ -67,12 +69,18 @@ def test_full_draft_has_the_tid_2000_tree(make_draft, settings, check_sr) -> Non
         "Findings",
         "Impressions",
     ]
-    assert child(sr, "Language of Content Item and Descendants").ConceptCodeSequence[0].CodeValue == "en"
+    assert (
+        child(sr, "Language of Content Item and Descendants").ConceptCodeSequence[0].CodeValue
+        == "en"
+    )
     assert child(sr, "Observer Type").ConceptCodeSequence[0].CodeMeaning == "Device"
     assert child(sr, "Device Observer Model Name").TextValue == draft.model.name
     assert texts(child(sr, "Request")) == [context.indication]
     assert texts(child(sr, "History")) == [context.history]
-    assert texts(child(sr, "Current Procedure Descriptions")) == [AI_DRAFT_NOTICE, context.technique]
+    assert texts(child(sr, "Current Procedure Descriptions")) == [
+        AI_DRAFT_NOTICE,
+        context.technique,
+    ]
     prior = texts(child(sr, "Prior Procedure Descriptions"))
     assert prior == [
         f"Compared with the prior chest radiograph of {draft.prior_study_date.isoformat()}.",
@@ -81,13 +89,17 @@ def test_full_draft_has_the_tid_2000_tree(make_draft, settings, check_sr) -> Non
     assert texts(child(sr, "Impressions")) == [draft.impression]
 
 
-def test_findings_are_inferred_from_current_and_prior_images(make_draft, settings, check_sr, studies) -> None:
+def test_findings_are_inferred_from_current_and_prior_images(
+    make_draft, settings, check_sr, studies
+) -> None:
     draft = make_draft()
     sr = pydicom.dcmread(check_sr(build_sr(draft, settings)).path)
     finding = child(child(sr, "Findings"), "Finding")
     assert finding.TextValue == draft.findings
     sources = {
-        item.ConceptNameCodeSequence[0].CodeMeaning: item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        item.ConceptNameCodeSequence[0].CodeMeaning: item.ReferencedSOPSequence[
+            0
+        ].ReferencedSOPInstanceUID
         for item in finding.ContentSequence
     }
     assert {item.RelationshipType for item in finding.ContentSequence} == {"INFERRED FROM"}
@@ -96,7 +108,9 @@ def test_findings_are_inferred_from_current_and_prior_images(make_draft, setting
         "Baseline": studies.prior.SOPInstanceUID,
     }
     # Evidence is split by study: current images, and the prior as other evidence.
-    assert evidence_uids(sr.CurrentRequestedProcedureEvidenceSequence) == {studies.current.SOPInstanceUID}
+    assert evidence_uids(sr.CurrentRequestedProcedureEvidenceSequence) == {
+        studies.current.SOPInstanceUID
+    }
     assert evidence_uids(sr.PertinentOtherEvidenceSequence) == {studies.prior.SOPInstanceUID}
     assert sr.PertinentOtherEvidenceSequence[0].StudyInstanceUID == studies.prior.StudyInstanceUID
 
@@ -119,19 +133,37 @@ def test_without_context_leaves_out_request_and_history(make_draft, settings, ch
     assert len(texts(child(sr, "Prior Procedure Descriptions"))) == 1
 
 
-def test_document_is_an_unverified_draft_in_the_current_study(make_draft, settings, check_sr, studies) -> None:
+def test_document_is_an_unverified_draft_in_the_current_study(
+    make_draft, settings, check_sr, studies
+) -> None:
     sr = pydicom.dcmread(check_sr(build_sr(make_draft(), settings)).path)
     current = studies.current
-    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == ("PARTIAL", "UNVERIFIED", "PRELIMINARY")
+    assert (sr.CompletionFlag, sr.VerificationFlag, sr.PreliminaryFlag) == (
+        "PARTIAL",
+        "UNVERIFIED",
+        "PRELIMINARY",
+    )
     assert "VerifyingObserverSequence" not in sr
-    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
-                    "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "StudyDescription"):
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDescription",
+    ):
         assert sr[keyword].value == current[keyword].value, keyword
     assert sr.Modality == "SR"
     assert sr.SeriesDescription == "AI DRAFT - NOT VERIFIED"
     assert sr.SeriesInstanceUID != current.SeriesInstanceUID
     algorithm = [
-        item for item in sr.ContributingEquipmentSequence if item.get("ManufacturerModelName") == "libra-v1.0-7b"
+        item
+        for item in sr.ContributingEquipmentSequence
+        if item.get("ManufacturerModelName") == "libra-v1.0-7b"
     ]
     assert len(algorithm) == 1
     assert algorithm[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
@@ -140,7 +172,9 @@ def test_document_is_an_unverified_draft_in_the_current_study(make_draft, settin
 
 
 def test_series_description_and_comprehensive_class_are_configurable(make_draft, check_sr) -> None:
-    settings = ReportSettings(sop_class="comprehensive", series_description="KI-ENTWURF", institution_name="St. Elsewhere")
+    settings = ReportSettings(
+        sop_class="comprehensive", series_description="KI-ENTWURF", institution_name="St. Elsewhere"
+    )
     sr = pydicom.dcmread(check_sr(build_sr(make_draft(), settings)).path)
     assert sr.SOPClassUID == ComprehensiveSRStorage
     assert sr.SeriesDescription == "KI-ENTWURF"
@@ -169,12 +203,18 @@ def test_trained_model_carries_no_demo_notice(make_draft, settings) -> None:
         ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"]),
     ],
 )
-def test_patient_name_survives_the_character_set(make_studies, make_draft, settings, check_sr, name, character_set) -> None:
+def test_patient_name_survives_the_character_set(
+    make_studies, make_draft, settings, check_sr, name, character_set
+) -> None:
     studies = make_studies(name=name, character_set=character_set)
     checked = check_sr(build_sr(make_draft(studies=studies), settings))
     sr = pydicom.dcmread(checked.path)
     expected_set = character_set if isinstance(character_set, str) else list(character_set)
-    written_set = sr.SpecificCharacterSet if isinstance(sr.SpecificCharacterSet, str) else list(sr.SpecificCharacterSet)
+    written_set = (
+        sr.SpecificCharacterSet
+        if isinstance(sr.SpecificCharacterSet, str)
+        else list(sr.SpecificCharacterSet)
+    )
     assert written_set == expected_set
     assert str(sr.PatientName) == name
     if expected_set == ["", "ISO 2022 IR 87"]:
@@ -182,17 +222,23 @@ def test_patient_name_survives_the_character_set(make_studies, make_draft, setti
         assert b"\x1b$B" in checked.path.read_bytes() and b"\x1b(B" in checked.path.read_bytes()
 
 
-def test_text_the_header_set_cannot_hold_switches_to_utf8(make_studies, make_draft, settings, check_sr) -> None:
+def test_text_the_header_set_cannot_hold_switches_to_utf8(
+    make_studies, make_draft, settings, check_sr
+) -> None:
     studies = make_studies(name="Müller^Jörg", character_set="ISO_IR 100")
     findings = "Nodule ≥ 8 mm, unchanged → follow-up; 肺 nodule noted."
-    sr = pydicom.dcmread(check_sr(build_sr(make_draft(studies=studies, findings=findings), settings)).path)
+    sr = pydicom.dcmread(
+        check_sr(build_sr(make_draft(studies=studies, findings=findings), settings)).path
+    )
     assert sr.SpecificCharacterSet == "ISO_IR 192"
     assert str(sr.PatientName) == "Müller^Jörg"
     assert child(child(sr, "Findings"), "Finding").TextValue == findings
 
 
 def test_characters_that_need_escaping_survive(make_draft, settings, check_sr) -> None:
-    findings = 'Tube tip <b>3 cm</b> above carina & "stable"; path C:\\temp\\x; 50% < 60%\r\nSecond line.'
+    findings = (
+        'Tube tip <b>3 cm</b> above carina & "stable"; path C:\\temp\\x; 50% < 60%\r\nSecond line.'
+    )
     checked = check_sr(build_sr(make_draft(findings=findings, impression="A\\B <i>"), settings))
     sr = pydicom.dcmread(checked.path)
     assert child(child(sr, "Findings"), "Finding").TextValue == findings
@@ -203,7 +249,9 @@ def test_characters_that_need_escaping_survive(make_draft, settings, check_sr) -
 
 
 def test_very_long_text_is_kept_whole(make_draft, settings, check_sr) -> None:
-    findings = "\n".join(f"Line {n}: the lungs remain clear without focal consolidation." for n in range(2000))
+    findings = "\n".join(
+        f"Line {n}: the lungs remain clear without focal consolidation." for n in range(2000)
+    )
     sr = pydicom.dcmread(check_sr(build_sr(make_draft(findings=findings), settings)).path)
     assert child(child(sr, "Findings"), "Finding").TextValue == findings
     assert len(findings) > 100_000
@@ -217,7 +265,10 @@ def test_identical_inputs_give_identical_bytes(make_draft, settings, encode) -> 
 def test_a_retry_at_another_time_keeps_the_uids(make_draft, settings, encode) -> None:
     first = build_sr(make_draft(), settings)
     later = build_sr(make_draft(created_at=dt.datetime(2026, 12, 2, 8, 0, 0)), settings)
-    assert (later.SeriesInstanceUID, later.SOPInstanceUID) == (first.SeriesInstanceUID, first.SOPInstanceUID)
+    assert (later.SeriesInstanceUID, later.SOPInstanceUID) == (
+        first.SeriesInstanceUID,
+        first.SOPInstanceUID,
+    )
     assert later.ContentDate != first.ContentDate
     assert encode(later) != encode(first)
 
@@ -226,7 +277,10 @@ def test_uids_are_the_ones_sr_uids_announces(make_draft, settings, studies) -> N
     draft = make_draft(study_version=3)
     sr = build_sr(draft, settings)
     expected = sr_uids(studies.current.StudyInstanceUID, 3, draft.model)
-    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (expected.series_instance_uid, expected.sop_instance_uid)
+    assert (sr.SeriesInstanceUID, sr.SOPInstanceUID) == (
+        expected.series_instance_uid,
+        expected.sop_instance_uid,
+    )
     assert sr.InstanceNumber == 3
 
 
@@ -243,7 +297,10 @@ def test_new_study_version_names_its_predecessor(make_draft, settings, check_sr,
     (series,) = study.ReferencedSeriesSequence
     assert series.SeriesInstanceUID == first.SeriesInstanceUID
     (sop,) = series.ReferencedSOPSequence
-    assert (sop.ReferencedSOPInstanceUID, sop.ReferencedSOPClassUID) == (first.SOPInstanceUID, first.SOPClassUID)
+    assert (sop.ReferencedSOPInstanceUID, sop.ReferencedSOPClassUID) == (
+        first.SOPInstanceUID,
+        first.SOPClassUID,
+    )
     assert "PredecessorDocumentsSequence" not in first
 
 
@@ -273,12 +330,21 @@ def test_check_sr_fails_on_an_invalid_document(make_draft, settings, check_sr) -
 
 def test_dcmtk_reads_the_status_and_tree(make_draft, settings, check_sr) -> None:
     dump = check_sr(build_sr(make_draft(), settings)).dump
-    for expected in ("Enhanced SR Document", "UNVERIFIED", "PRELIMINARY", "PARTIAL",
-                     "Diagnostic Imaging Report", "Findings", "Doe^Jane"):
+    for expected in (
+        "Enhanced SR Document",
+        "UNVERIFIED",
+        "PRELIMINARY",
+        "PARTIAL",
+        "Diagnostic Imaging Report",
+        "Findings",
+        "Doe^Jane",
+    ):
         assert expected in dump
 
 
-def test_header_with_only_a_study_uid_still_gives_a_valid_sr(make_draft, settings, check_sr) -> None:
+def test_header_with_only_a_study_uid_still_gives_a_valid_sr(
+    make_draft, settings, check_sr
+) -> None:
     """Patient and study attributes are Type 2: absent ones are written empty."""
     header = Dataset()
     header.StudyInstanceUID = make_draft().study_instance_uid
