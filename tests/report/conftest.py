@@ -7,11 +7,15 @@ import dataclasses
 import datetime as dt
 import io
 import subprocess
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom.base
+import highdicom.base_content
+import highdicom.sr.sop
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -117,6 +121,28 @@ def make_draft(studies: Studies) -> Callable[..., DraftReport]:
         return DraftReport(**values)
 
     return factory
+
+
+class _LaterDatetime(dt.datetime):
+    @classmethod
+    def now(cls, tz: dt.tzinfo | None = None) -> _LaterDatetime:
+        return cls(2031, 5, 6, 7, 8, 9, 123456, tzinfo=tz)
+
+
+@pytest.fixture
+def move_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make highdicom's clock read years later from the call on, so that a
+    retry is not identical merely because it ran within the same second."""
+
+    def mover() -> None:
+        later = types.SimpleNamespace(
+            datetime=_LaterDatetime, date=dt.date, time=dt.time, timedelta=dt.timedelta
+        )
+        for module in (highdicom.base, highdicom.base_content, highdicom.sr.sop):
+            monkeypatch.setattr(module, "datetime", later)
+        assert highdicom.base.datetime.datetime.now().year == 2031
+
+    return mover
 
 
 @pytest.fixture
