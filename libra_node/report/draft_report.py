@@ -71,7 +71,7 @@ class DraftReport:
     ``current_header`` holds at least the Patient and General Study module
     attributes of the current images (the pipeline reads it from the current
     frontal image without pixels). ``created_at`` is when the draft was
-    written; a retry passes the same value and gets a byte-identical SR.
+    written; a retry passes the same value and gets byte-identical documents.
     """
 
     current_header: Dataset
@@ -93,7 +93,7 @@ class DraftReport:
         object.__setattr__(self, "current_images", tuple(self.current_images))
         object.__setattr__(self, "prior_images", tuple(self.prior_images))
         object.__setattr__(self, "study_instance_uid", _study_uid(self.current_header))
-        _check_version(self)
+        _check_version_and_time(self)
         _check_images(self)
         _check_texts(self)
         _check_model(self.model)
@@ -115,7 +115,7 @@ def _study_uid(header: Dataset) -> str:
     return value
 
 
-def _check_version(draft: DraftReport) -> None:
+def _check_version_and_time(draft: DraftReport) -> None:
     if isinstance(draft.study_version, bool) or not isinstance(draft.study_version, int):
         raise InvalidDraftError("study_version must be an integer")
     if draft.study_version < 1:
@@ -144,6 +144,8 @@ def _check_images(draft: DraftReport) -> None:
         _check_reference(image, "prior")
         if image.study_instance_uid == draft.study_instance_uid:
             raise InvalidDraftError("a prior image belongs to the current study")
+    if draft.prior_study_date is not None and not isinstance(draft.prior_study_date, dt.date):
+        raise InvalidDraftError("prior_study_date must be a datetime.date")
     if draft.prior_images and draft.prior_study_date is None:
         raise InvalidDraftError("prior images were given without the prior study's date")
     if draft.prior_study_date is not None and not draft.prior_images:

@@ -106,7 +106,7 @@ def build_pdf(draft: DraftReport, settings: ReportSettings) -> Dataset:
     document.ConversionType = "SYN"
     document.AcquisitionDateTime = document.ContributingEquipmentSequence[0].ContributionDateTime
     document.BurnedInAnnotation = "YES"
-    document.DocumentTitle = f"{wording.AI_DRAFT_BANNER}: chest radiograph report"
+    document.DocumentTitle = wording.document_title(draft.model)
     document.ConceptNameCodeSequence = [
         _code_item(
             codes.LN.DiagnosticImagingReport.value,

@@ -231,7 +231,7 @@ def render_report_pdf(draft: DraftReport) -> bytes:
         rightMargin=18 * mm,
         topMargin=16 * mm,
         bottomMargin=18 * mm,
-        title=f"{wording.AI_DRAFT_BANNER}: chest radiograph report",
+        title=wording.document_title(draft.model),
         author=draft.model.name,
         subject="AI draft radiology report",
         creator="libra-node",

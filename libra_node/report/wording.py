@@ -31,7 +31,7 @@ def comparison(prior_study_date: dt.date | None) -> str:
     """What the draft was compared with, naming the prior's date."""
     if prior_study_date is None:
         return NO_PRIOR
-    return f"Compared with the prior chest radiograph of {prior_study_date.isoformat()}."
+    return f"Compared with the prior chest radiograph of {prior_study_date:%Y-%m-%d}."
 
 
 def model_description(model: ModelIdentity) -> str:
@@ -41,6 +41,12 @@ def model_description(model: ModelIdentity) -> str:
         f"libra-node {model.node_version}"
     )
     return f"{text}, untrained demo model" if model.is_demo else text
+
+
+def document_title(model: ModelIdentity) -> str:
+    """The PDF's title, in its DICOM header and its own metadata."""
+    title = f"{AI_DRAFT_BANNER}: chest radiograph report"
+    return f"{title} ({DEMO_BANNER})" if model.is_demo else title
 
 
 def series_description(configured: str, model: ModelIdentity) -> str:

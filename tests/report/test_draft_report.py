@@ -66,6 +66,7 @@ REFUSALS = {
     ),
     "prior without date": (lambda d: {"prior_study_date": None}, "without the prior study's date"),
     "date without prior": (lambda d: {"prior_images": []}, "without a prior image"),
+    "date as text": (lambda d: {"prior_study_date": "20250614"}, "must be a datetime.date"),
     "version zero": (lambda d: {"study_version": 0}, "1 or more"),
     "version not an integer": (lambda d: {"study_version": "2"}, "must be an integer"),
     "naive date for created_at": (

@@ -102,7 +102,8 @@ def test_demo_model_is_named_plainly(make_draft, settings, demo_model) -> None:
     document = build_pdf(make_draft(model=demo_model), settings)
     text, _ = pdf_text(document)
     assert DEMO_BANNER in text and "untrained" in text
-    assert DEMO_BANNER in document.SeriesDescription
+    assert DEMO_BANNER in document.SeriesDescription and DEMO_BANNER in document.DocumentTitle
+    assert PdfReader(io.BytesIO(pdf_bytes(document))).metadata.title == document.DocumentTitle
 
 
 def test_markup_characters_are_printed_as_text(make_draft, settings, check_dicom) -> None:
