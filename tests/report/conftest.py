@@ -83,7 +83,7 @@ def make_studies(tmp_path: Path) -> Callable[..., Studies]:
         # Set here, not through SyntheticPatient: a list stands for the
         # multi-valued form such as ['', 'ISO 2022 IR 87'].
         current.SpecificCharacterSet = character_set
-        path = tmp_path / "current.dcm"
+        path = tmp_path / f"{current.SOPInstanceUID}.dcm"
         current.save_as(path, enforce_file_format=True)
         header = pydicom.dcmread(path, stop_before_pixels=True)
         prior = make_chest_image(SyntheticStudy(patient=patient, study_date=PRIOR_DATE), "PA")
