@@ -104,7 +104,6 @@ instances = sa.Table(
     sa.Column("instance_number", sa.Integer),
     sa.Column("file_path", sa.Text, nullable=False),  # relative to the spool
     sa.Column("size", sa.BigInteger, nullable=False),
-    sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
 )
 
@@ -146,12 +145,11 @@ class InstanceRecord:
     transfer_syntax_uid: str
     file_path: str
     size: int
-    sha256: str
 
 
 class RecordOutcome(str, enum.Enum):
     NEW = "new"  # first time this SOP Instance UID is seen
-    DUPLICATE = "duplicate"  # same UID, same content: nothing changed
+    DUPLICATE = "duplicate"  # same UID, same bytes as stored: nothing to record
     REPLACED = "replaced"  # same UID, different content: the newer copy wins
 
 
@@ -201,7 +199,6 @@ class Instance:
     transfer_syntax_uid: str
     file_path: str
     size: int
-    sha256: str
     received_at: float
 
 
@@ -259,30 +256,21 @@ class Ledger:
 
     # --- recording instances ---------------------------------------------------
 
-    def instance_sha256(self, sop_uid: str) -> str | None:
-        """The content digest on record for an instance, None if unknown."""
-        with self.engine.connect() as connection:
-            return connection.execute(
-                sa.select(instances.c.sha256).where(instances.c.sop_uid == sop_uid)
-            ).scalar_one_or_none()
-
     def record_instance(self, record: InstanceRecord, now: float | None = None) -> RecordOutcome:
-        """Add or replace an instance and mark its study as receiving.
+        """Add an instance, or replace one whose content changed, and mark its study.
 
-        A study that had already completed goes back to RECEIVING with its
-        version raised, so it completes (and is reported) again later. So does
-        a study in which an instance's content changed.
+        The caller has already decided that the content is new (an identical
+        copy is acknowledged without coming here). A study that had already
+        completed goes back to RECEIVING with its version raised, so it
+        completes (and is reported) again later; so does a study in which an
+        instance's content changed.
         """
         now = time.time() if now is None else now
         facts = record.facts
         with self.transaction() as connection:
             previous = connection.execute(
-                sa.select(instances.c.sha256, instances.c.study_uid).where(
-                    instances.c.sop_uid == facts.sop_instance_uid
-                )
+                sa.select(instances.c.study_uid).where(instances.c.sop_uid == facts.sop_instance_uid)
             ).first()
-            if previous is not None and previous.sha256 == record.sha256:
-                return RecordOutcome.DUPLICATE
             outcome = RecordOutcome.NEW if previous is None else RecordOutcome.REPLACED
             if self._is_expected_retrieval(connection, facts.study_instance_uid, now):
                 self._upsert_retrieved_study(connection, record, now)
@@ -420,7 +408,6 @@ class Ledger:
             instance_number=facts.instance_number,
             file_path=record.file_path,
             size=record.size,
-            sha256=record.sha256,
             received_at=now,
         )
         if replace:
@@ -615,6 +602,5 @@ def _instance_from_row(row: sa.Row[Any]) -> Instance:
         transfer_syntax_uid=data["transfer_syntax_uid"],
         file_path=data["file_path"],
         size=data["size"],
-        sha256=data["sha256"],
         received_at=data["received_at"],
     )

@@ -35,22 +35,23 @@ def ledger(request, tmp_path):
     admin.dispose()
 
 
-def record_for(ds, sha: str = "a" * 64):
+def record_for(ds, size: int = 10):
     facts = ImageFacts.from_dataset(ds)
     return instance_record(
-        ParsedInstance(ds, facts), "1.2.840.10008.1.2.1", f"{facts.sop_instance_uid}.dcm", 10, sha
+        ParsedInstance(ds, facts), "1.2.840.10008.1.2.1", f"{facts.sop_instance_uid}.dcm", size
     )
 
 
-def test_new_duplicate_replaced(ledger):
+def test_new_then_replaced(ledger):
     ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
     assert ledger.record_instance(record_for(ds), now=1.0) is RecordOutcome.NEW
-    assert ledger.record_instance(record_for(ds), now=2.0) is RecordOutcome.DUPLICATE
-    assert ledger.get_study(str(ds.StudyInstanceUID)).last_instance_at == 1.0
+    assert ledger.get_study(str(ds.StudyInstanceUID)).version == 1
 
-    assert ledger.record_instance(record_for(ds, "b" * 64), now=3.0) is RecordOutcome.REPLACED
-    assert ledger.get_instance(str(ds.SOPInstanceUID)).sha256 == "b" * 64
-    assert ledger.get_study(str(ds.StudyInstanceUID)).version == 2
+    assert ledger.record_instance(record_for(ds, size=20), now=3.0) is RecordOutcome.REPLACED
+    assert ledger.get_instance(str(ds.SOPInstanceUID)).size == 20
+    assert len(ledger.instances_of(str(ds.StudyInstanceUID))) == 1
+    study = ledger.get_study(str(ds.StudyInstanceUID))
+    assert (study.version, study.last_instance_at) == (2, 3.0)
 
 
 def test_study_row_has_what_later_stages_need(ledger):
