@@ -103,12 +103,34 @@ def _add_show(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_show)
 
 
+# --- demo --------------------------------------------------------------------
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from libra_node.demo import run_demo
+
+    configure_logging("WARNING", "text")
+    return run_demo(keep=args.keep)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run the whole flow on this machine with a made-up patient",
+        description="Start a node in a temporary folder, send a synthetic prior and "
+        "current chest study by C-STORE and follow the current study through the node.",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary state folder")
+    parser.set_defaults(handler=_run_demo)
+
+
 # --- wiring ------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_serve,
     _add_config,
     _add_show,
+    _add_demo,
 ]
 
 
