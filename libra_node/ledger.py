@@ -288,25 +288,7 @@ class Ledger:
             sa.select(studies.c.state, studies.c.version).where(studies.c.study_uid == uid)
         ).first()
         if row is None:
-            connection.execute(
-                studies.insert().values(
-                    study_uid=uid,
-                    patient_id=record.patient_id,
-                    issuer_of_patient_id=record.issuer_of_patient_id,
-                    study_date=record.study_date,
-                    study_time=record.study_time,
-                    accession_number=record.accession_number,
-                    study_description=record.study_description,
-                    state=StudyState.RECEIVING.value,
-                    state_reason="",
-                    version=1,
-                    created_at=now,
-                    state_changed_at=now,
-                    first_instance_at=now,
-                    last_instance_at=now,
-                )
-            )
-            self._event(connection, uid, 1, StudyState.RECEIVING, "first instance", now)
+            self._insert_study(connection, record, now, StudyState.RECEIVING, "first instance")
             return
         reopened = row.state != StudyState.RECEIVING.value
         values: dict[str, Any] = {"last_instance_at": now}
@@ -322,6 +304,37 @@ class Ledger:
             )
             self._event(connection, uid, values["version"], StudyState.RECEIVING, reason, now)
         connection.execute(studies.update().where(studies.c.study_uid == uid).values(**values))
+
+    def _insert_study(
+        self,
+        connection: Connection,
+        record: InstanceRecord,
+        now: float,
+        state: StudyState,
+        reason: str,
+        **columns: Any,
+    ) -> None:
+        uid = record.facts.study_instance_uid
+        connection.execute(
+            studies.insert().values(
+                study_uid=uid,
+                patient_id=record.patient_id,
+                issuer_of_patient_id=record.issuer_of_patient_id,
+                study_date=record.study_date,
+                study_time=record.study_time,
+                accession_number=record.accession_number,
+                study_description=record.study_description,
+                state=state.value,
+                state_reason="" if state is StudyState.RECEIVING else reason,
+                version=1,
+                created_at=now,
+                state_changed_at=now,
+                first_instance_at=now,
+                last_instance_at=now,
+                **columns,
+            )
+        )
+        self._event(connection, uid, 1, state, reason, now)
 
     def _is_expected_retrieval(self, connection: Connection, study_uid: str, now: float) -> bool:
         return (
@@ -340,27 +353,10 @@ class Ledger:
         uid = record.facts.study_instance_uid
         if connection.execute(sa.select(studies.c.study_uid).where(studies.c.study_uid == uid)).first():
             return
-        connection.execute(
-            studies.insert().values(
-                study_uid=uid,
-                patient_id=record.patient_id,
-                issuer_of_patient_id=record.issuer_of_patient_id,
-                study_date=record.study_date,
-                study_time=record.study_time,
-                accession_number=record.accession_number,
-                study_description=record.study_description,
-                state=StudyState.SKIPPED.value,
-                state_reason=RETRIEVED_REASON,
-                version=1,
-                created_at=now,
-                state_changed_at=now,
-                first_instance_at=now,
-                last_instance_at=now,
-                completed_at=now,
-                completion_rule="retrieved",
-            )
+        self._insert_study(
+            connection, record, now, StudyState.SKIPPED, RETRIEVED_REASON,
+            completed_at=now, completion_rule="retrieved",
         )
-        self._event(connection, uid, 1, StudyState.SKIPPED, RETRIEVED_REASON, now)
 
     def expect_retrieval(self, study_uid: str, seconds: float, now: float | None = None) -> None:
         """Announce that a PACS will send this study because the node asked for it."""
