@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from libra_node import __version__
 from libra_node.config import ConfigError, Settings, load_settings
@@ -124,6 +125,111 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_run_demo)
 
 
+# --- model -------------------------------------------------------------------
+
+
+def _run_model_tiny(args: argparse.Namespace) -> int:
+    from libra_node.model.tiny import write_tiny_checkpoint
+
+    directory = write_tiny_checkpoint(args.directory, variant=args.variant)
+    print(f"wrote an UNTRAINED DEMO Libra checkpoint ({args.variant} layout, random weights) to {directory}")
+    print("its text is meaningless: it is for tests and the demo, never for patients")
+    return 0
+
+
+def _run_model_fetch(args: argparse.Namespace) -> int:
+    from libra_node.model.fetch import FetchError, fetch_checkpoint
+
+    try:
+        directory = fetch_checkpoint(args.variant, args.to)
+    except FetchError as exc:
+        print(f"libra-node: {exc}", file=sys.stderr)
+        return 1
+    print(f"fetched libra-v1.0-{args.variant} and RAD-DINO into {directory}")
+    return 0
+
+
+def _add_model(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("model", help="write a demo checkpoint or download the released weights")
+    model_sub = parser.add_subparsers(dest="model_command", required=True)
+    tiny = model_sub.add_parser(
+        "tiny",
+        help="write a small UNTRAINED demo checkpoint (random weights)",
+        description="Write a few-MB Libra checkpoint with random weights in the layout of the "
+        "released ones (config.json, safetensors, tokenizer, preprocessor_config.json, "
+        "rad-dino/). Its reports are meaningless; it exists for tests and the demo.",
+    )
+    tiny.add_argument("directory", metavar="DIR", help="folder to write (created if missing)")
+    tiny.add_argument(
+        "--variant",
+        choices=("7b", "3b"),
+        default="7b",
+        help="layout to imitate: 7b (libra_v1 template, sentencepiece tokenizer; default) "
+        "or 3b (Llama-3 template and tokenizer)",
+    )
+    tiny.set_defaults(handler=_run_model_tiny)
+    fetch = model_sub.add_parser(
+        "fetch",
+        help="download libra-v1.0-7b or -3b and RAD-DINO (needs internet)",
+        description="Download X-iZhang/libra-v1.0-<variant> into DIR and microsoft/rad-dino "
+        "into DIR/rad-dino, recording the revisions fetched. Fails quickly when the hub "
+        "cannot be reached.",
+    )
+    fetch.add_argument("--variant", choices=("7b", "3b"), required=True, help="which checkpoint")
+    fetch.add_argument("--to", metavar="DIR", required=True, help="folder to download into")
+    fetch.set_defaults(handler=_run_model_fetch)
+
+
+# --- report ------------------------------------------------------------------
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from libra_node.model.image_processing import ImageError
+    from libra_node.model.inference import LibraGenerator
+    from libra_node.model.loading import CheckpointError
+    from libra_node.model.offline import draft_findings
+
+    settings = _settings(args)
+    model_path = args.model or settings.model.path
+    if model_path is None:
+        print("libra-node: no model: pass --model DIR or set model.path", file=sys.stderr)
+        return 2
+    try:
+        generator = LibraGenerator.load(
+            model_path,
+            args.vision or settings.model.vision_path,
+            device=settings.model.device,
+            dtype=settings.model.dtype,
+            preset=settings.model.preset,
+            max_new_tokens=settings.model.max_new_tokens,
+        )
+        draft = draft_findings(generator, args.current, args.prior, pad_color=settings.model.pad_color)
+    except (CheckpointError, ImageError) as exc:
+        print(f"libra-node: {exc}", file=sys.stderr)
+        return 1
+    if generator.is_demo:
+        print("UNTRAINED DEMO MODEL (random weights): the text below is meaningless, not a report.")
+    print(draft.result.text)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="draft the findings for one study offline",
+        description="Run Libra on a current image (DICOM, PNG or JPEG) and, if given, the prior "
+        "image, and print the findings text. Without a prior the current image stands in for it.",
+    )
+    parser.add_argument("current", metavar="CURRENT", help="the current image (CURRENT.dcm, PNG or JPEG)")
+    parser.add_argument("--prior", metavar="PRIOR", help="the prior image of the same patient")
+    parser.add_argument("--model", metavar="DIR", type=Path, help="checkpoint folder (default: model.path)")
+    parser.add_argument(
+        "--vision", metavar="DIR", type=Path, help="RAD-DINO folder (default: model.vision_path, else DIR/rad-dino)"
+    )
+    _add_config_option(parser)
+    parser.set_defaults(handler=_run_report)
+
+
 # --- wiring ------------------------------------------------------------------
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -131,6 +237,8 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_config,
     _add_show,
     _add_demo,
+    _add_model,
+    _add_report,
 ]
 
 

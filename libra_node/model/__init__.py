@@ -7,9 +7,11 @@ Modules, in the order data flows through them:
     prompting          clinical context -> prompt text -> token ids with the image placeholder
     configuration_libra / modeling_libra
                        RAD-DINO + Temporal Alignment Connector + Llama, checkpoint key names
+    layout             file names inside a checkpoint folder
     loading            a checkpoint folder (and RAD-DINO's) -> model, tokenizer, normaliser
     presets            decoding settings (clinical, paper, sample)
     inference          LibraGenerator: load once, generate findings in batches
+    offline            one study from files (`libra-node report`)
     tiny               a small untrained checkpoint for tests and the demo
     fetch              download the released weights
 

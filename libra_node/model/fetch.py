@@ -24,7 +24,7 @@ from huggingface_hub.errors import (
 )
 
 from libra_node.logs import get_logger
-from libra_node.model.loading import FETCH_RECORD, STAGE_ONE_CONNECTOR, VISION_FOLDER
+from libra_node.model.layout import FETCH_RECORD, STAGE_ONE_CONNECTOR, VISION_FOLDER
 
 log = get_logger(__name__)
 

@@ -71,20 +71,26 @@ def pad_fill(pad_color: PadColor, image_mean: float = RAD_DINO_IMAGE_MEAN) -> in
     raise ValueError(f"pad colour must be 'black', 'mean' or a grey level 0-255, not {pad_color!r}")
 
 
-def load_grey(source: Dataset | str | Path) -> np.ndarray:
-    """The image as a 2-D ``uint8`` array, whatever the source."""
-    if isinstance(source, Dataset):
-        return dicom_to_grey(source)
-    path = Path(source)
+def read_image_source(path: str | Path) -> Dataset | Path:
+    """A DICOM file as its dataset (headers are needed too), any other image file as its path."""
+    path = Path(path)
     if not path.is_file():
         raise ImageError(f"image file {path} does not exist")
-    if _is_dicom_file(path):
-        try:
-            dataset = pydicom.dcmread(path)
-        except Exception as exc:  # truncated or malformed files fail in many ways
-            raise ImageError(f"cannot read DICOM file {path}: {exc}") from exc
-        return dicom_to_grey(dataset, name=str(path))
-    return image_file_to_grey(path)
+    if not _is_dicom_file(path):
+        return path
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:  # truncated or malformed files fail in many ways
+        raise ImageError(f"cannot read DICOM file {path}: {exc}") from exc
+
+
+def load_grey(source: Dataset | str | Path) -> np.ndarray:
+    """The image as a 2-D ``uint8`` array, whatever the source."""
+    if not isinstance(source, Dataset):
+        source = read_image_source(source)
+    if isinstance(source, Dataset):
+        return dicom_to_grey(source)
+    return image_file_to_grey(source)
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -94,8 +100,11 @@ def _is_dicom_file(path: Path) -> bool:
     return header[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom")
 
 
-def dicom_to_grey(dataset: Dataset, name: str = "dataset") -> np.ndarray:
-    """Modality LUT, VOI LUT, MONOCHROME1 inversion, min-max to 8 bit."""
+def dicom_to_grey(dataset: Dataset, name: str = "the DICOM image") -> np.ndarray:
+    """Modality LUT, VOI LUT, MONOCHROME1 inversion, min-max to 8 bit.
+
+    Messages name no file: paths in the spool carry UIDs, which stay out of logs.
+    """
     if "PixelData" not in dataset:
         raise ImageError(f"{name} has no pixel data (not an image)")
     try:
@@ -122,7 +131,7 @@ def dicom_to_grey(dataset: Dataset, name: str = "dataset") -> np.ndarray:
     return min_max_to_uint8(values, name)
 
 
-def min_max_to_uint8(values: np.ndarray, name: str = "image") -> np.ndarray:
+def min_max_to_uint8(values: np.ndarray, name: str = "the image") -> np.ndarray:
     """Stretch to 0..255; truncating to integers as the reference does."""
     values = np.asarray(values, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
@@ -234,4 +243,5 @@ __all__ = [
     "pad_fill",
     "pad_to_square",
     "prepare_pixels",
+    "read_image_source",
 ]

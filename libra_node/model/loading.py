@@ -32,20 +32,22 @@ from libra_node.draft import ModelIdentity
 from libra_node.logs import get_logger
 from libra_node.model.configuration_libra import VISION_LAYERS, LibraConfig
 from libra_node.model.image_processing import PREPROCESSOR_CONFIG, ImageError, ImageNormalizer
+from libra_node.model.layout import (
+    BIN_INDEX,
+    BIN_SINGLE,
+    CONFIG,
+    FETCH_RECORD,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    STAGE_ONE_CONNECTOR,
+    VISION_FOLDER,
+)
 from libra_node.model.modeling_libra import LibraLlamaForCausalLM
 from libra_node.model.prompting import LIBRA_V1, ConversationTemplate, template_for_config
 
 log = get_logger(__name__)
 
 ARCHITECTURE = "LibraLlamaForCausalLM"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-SAFETENSORS_SINGLE = "model.safetensors"
-BIN_INDEX = "pytorch_model.bin.index.json"
-BIN_SINGLE = "pytorch_model.bin"
-STAGE_ONE_CONNECTOR = "mm_tac_projector.bin"
-VISION_FOLDER = "rad-dino"
-# Written by `libra-node model fetch`: which hub repositories and revisions the folder holds.
-FETCH_RECORD = "libra-node-fetch.json"
 
 CONNECTOR_PREFIX = "model.mm_projector."
 VISION_PREFIX = "model.vision_tower."
@@ -148,9 +150,9 @@ def read_raw_config(model_path: Path) -> dict[str, Any]:
     """config.json as written, checked to be a Libra (TAC) checkpoint."""
     if not model_path.is_dir():
         raise CheckpointError(f"model folder {model_path} does not exist")
-    config_file = model_path / "config.json"
+    config_file = model_path / CONFIG
     if not config_file.is_file():
-        raise CheckpointError(f"{model_path} has no config.json: not a model checkpoint folder")
+        raise CheckpointError(f"{model_path} has no {CONFIG}: not a model checkpoint folder")
     try:
         raw = json.loads(config_file.read_text())
     except (OSError, ValueError) as exc:
@@ -438,10 +440,7 @@ def weights_digest(files: Iterable[Path]) -> str:
 
 __all__ = [
     "CheckpointError",
-    "FETCH_RECORD",
     "LibraCheckpoint",
-    "STAGE_ONE_CONNECTOR",
-    "VISION_FOLDER",
     "connector_dtype",
     "load_checkpoint",
     "resolve_device",

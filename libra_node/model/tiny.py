@@ -29,7 +29,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from libra_node.model.configuration_libra import LibraConfig, rad_dino_config
 from libra_node.model.image_processing import IMAGE_SIZE, PREPROCESSOR_CONFIG
-from libra_node.model.loading import VISION_FOLDER, quiet_progress_bars
+from libra_node.model.layout import SAFETENSORS_SINGLE, VISION_FOLDER
+from libra_node.model.loading import quiet_progress_bars
 from libra_node.model.modeling_libra import LibraLlamaForCausalLM
 from libra_node.model.prompting import LIBRA_LLAMA_3, LIBRA_SYSTEM, LIBRA_V1, LLAVA_SYSTEM, DEFAULT_QUERY
 
@@ -149,7 +150,7 @@ def write_tiny_checkpoint(directory: str | Path, variant: str = "7b", seed: int 
         for name, tensor in model.state_dict().items()
         if not name.startswith("model.vision_tower.")
     }
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_file(weights, str(directory / SAFETENSORS_SINGLE), metadata={"format": "pt"})
 
     vision_dir = directory / VISION_FOLDER
     with quiet_progress_bars():
