@@ -431,6 +431,16 @@ class Ledger:
             ).all()
         return [Study.from_row(row) for row in rows]
 
+    def studies_of_patient(self, patient_id: str) -> list[Study]:
+        """Every study on record for a patient ID (the local archive's C-FIND)."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(studies)
+                .where(studies.c.patient_id == patient_id)
+                .order_by(studies.c.study_date, studies.c.study_time)
+            ).all()
+        return [Study.from_row(row) for row in rows]
+
     def instances_of(self, study_uid: str) -> list[Instance]:
         with self.engine.connect() as connection:
             rows = connection.execute(
