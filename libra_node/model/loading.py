@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from libra_node.model.layout import (
     SAFETENSORS_INDEX,
     SAFETENSORS_SINGLE,
     STAGE_ONE_CONNECTOR,
+    TOKENIZER_FILES,
     VISION_FOLDER,
 )
 from libra_node.model.modeling_libra import LibraLlamaForCausalLM
@@ -248,6 +250,10 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # files from before torch 1.6 cannot be memory-mapped
             return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"cannot read weight file {path}: it holds more than tensors, and pickled code is never run"
+        ) from exc
     except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as exc:
         raise CheckpointError(f"cannot read weight file {path}: {exc}") from exc
 
@@ -368,6 +374,9 @@ def ensure_materialized(model: torch.nn.Module) -> None:
 
 
 def load_tokenizer(model_path: Path, config: LibraConfig) -> Any:
+    # Without a vocabulary file transformers would quietly build an empty tokenizer.
+    if not any((model_path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"cannot load the tokenizer: {model_path} has neither {' nor '.join(TOKENIZER_FILES)}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
