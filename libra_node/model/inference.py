@@ -214,12 +214,12 @@ class LibraGenerator:
         self, new_ids: list[int], prompt_tokens: int, encode_seconds: float, generate_seconds: float, batch: int
     ) -> GenerationResult:
         stop_at = next((i for i, token in enumerate(new_ids) if token in self.eos_token_ids), None)
-        kept = new_ids if stop_at is None else new_ids[: stop_at + 1]
-        text = self.checkpoint.tokenizer.decode(kept, skip_special_tokens=True)
+        text_ids = new_ids if stop_at is None else new_ids[:stop_at]
+        text = self.checkpoint.tokenizer.decode(text_ids, skip_special_tokens=True)
         return GenerationResult(
             text=finish_text(text, self.checkpoint.template),
             prompt_tokens=prompt_tokens,
-            new_tokens=len(kept),
+            new_tokens=len(new_ids) if stop_at is None else stop_at + 1,
             stopped=stop_at is not None,
             encode_seconds=encode_seconds,
             generate_seconds=generate_seconds,
