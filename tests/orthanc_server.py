@@ -19,7 +19,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable
@@ -30,17 +29,12 @@ import requests
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
+from dicom_tools import free_port
+
 ORTHANC_BINARY = "Orthanc"
 PLUGIN_FOLDER = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGIN_FOLDER / "libOrthancDicomWeb.so"
 PYTHON_PLUGIN = PLUGIN_FOLDER / "libOrthancPython.so"
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def orthanc_available() -> bool:
@@ -73,6 +67,7 @@ class OrthancServer:
         modalities: Iterable[Modality] = (),
         stable_age: int = 60,
         python_script: Path | None = None,
+        tls_certificate: Path | None = None,
         extra_config: dict[str, object] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
@@ -83,6 +78,8 @@ class OrthancServer:
         self.modalities = list(modalities)
         self.stable_age = stable_age
         self.python_script = python_script
+        # One PEM file holding the certificate and its private key, as Orthanc wants it.
+        self.tls_certificate = tls_certificate
         self.extra_config = dict(extra_config or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -98,7 +95,13 @@ class OrthancServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        scheme = "https" if self.tls_certificate else "http"
+        return f"{scheme}://{self.host}:{self.http_port}"
+
+    @property
+    def verify(self) -> str | bool:
+        """What an HTTP client must trust: the self-signed certificate when TLS is on."""
+        return str(self.tls_certificate) if self.tls_certificate else True
 
     @property
     def dicomweb_url(self) -> str:
@@ -144,6 +147,9 @@ class OrthancServer:
         if self.python_script is not None:
             plugins.append(str(PYTHON_PLUGIN))
             config["PythonScript"] = str(self.python_script)
+        if self.tls_certificate is not None:
+            config["SslEnabled"] = True
+            config["SslCertificate"] = str(self.tls_certificate)
         config.update(self.extra_config)
         return config
 
@@ -175,8 +181,9 @@ class OrthancServer:
             if self._process is not None and self._process.poll() is not None:
                 raise RuntimeError(f"Orthanc exited at start; see {self.log_path}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/system", auth=self.auth, timeout=1).ok:
-                    return
+                # Any HTTP answer means the server is up (a plugin's filter may refuse it).
+                requests.get(f"{self.url}/system", auth=self.auth, timeout=1, verify=self.verify)
+                return
             except requests.RequestException:
                 pass
             time.sleep(0.05)
@@ -214,7 +221,12 @@ class OrthancServer:
 
     def rest(self, method: str, path: str, **kwargs: object) -> requests.Response:
         response = requests.request(
-            method, f"{self.url}{path}", auth=self.auth, timeout=30, **kwargs  # type: ignore[arg-type]
+            method,
+            f"{self.url}{path}",
+            auth=self.auth,
+            timeout=30,
+            verify=self.verify,
+            **kwargs,  # type: ignore[arg-type]
         )
         response.raise_for_status()
         return response
