@@ -56,7 +56,9 @@ class ModelReport:
     peak_memory_gib: float | None
 
 
-def random_checkpoint(config: LibraConfig, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype) -> LibraCheckpoint:
+def random_checkpoint(
+    config: LibraConfig, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype
+) -> LibraCheckpoint:
     """A released-size model with random weights, built directly on the device."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -66,7 +68,9 @@ def random_checkpoint(config: LibraConfig, tokenizer_dir: Path, device: torch.de
     finally:
         torch.set_default_dtype(previous)
     template = template_for_config(config)
-    identity = ModelIdentity(f"random-{template.name}", "random", "random", __version__, is_demo=True)
+    identity = ModelIdentity(
+        f"random-{template.name}", "random", "random", __version__, is_demo=True
+    )
     tokenizer = load_tokenizer(tokenizer_dir, config)
     normalizer = ImageNormalizer.from_file(tokenizer_dir / PREPROCESSOR_CONFIG)
     return LibraCheckpoint(model, tokenizer, normalizer, template, identity, device, dtype)
@@ -94,7 +98,10 @@ def bytes_per_decoded_token(checkpoint: LibraCheckpoint, sequence_length: int) -
     config = checkpoint.model.config
     language_model = checkpoint.model.model
     element = torch.finfo(checkpoint.dtype).bits // 8
-    weights = sum(p.numel() for p in language_model.layers.parameters()) + language_model.norm.weight.numel()
+    weights = (
+        sum(p.numel() for p in language_model.layers.parameters())
+        + language_model.norm.weight.numel()
+    )
     weights += checkpoint.model.lm_head.weight.numel()
     head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
     kv_per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim
@@ -130,7 +137,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(name: str, checkpoint: LibraCheckpoint, new_tokens: int, batches: list[int]) -> ModelReport:
+def measure(
+    name: str, checkpoint: LibraCheckpoint, new_tokens: int, batches: list[int]
+) -> ModelReport:
     device = checkpoint.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -163,15 +172,21 @@ def measure(name: str, checkpoint: LibraCheckpoint, new_tokens: int, batches: li
         measured_bandwidth_gb_s=measured / 1e9,
         limit_tokens_per_second=(spec or measured) / per_token,
         reports_per_hour=reports_per_hour,
-        peak_memory_gib=torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None,
+        peak_memory_gib=torch.cuda.max_memory_allocated(device) / GIB
+        if device.type == "cuda"
+        else None,
     )
 
 
 def print_report(report: ModelReport, new_tokens: int) -> None:
     ratio = report.decode_tokens_per_second / report.limit_tokens_per_second
     spec = f"{report.spec_bandwidth_gb_s:.0f} GB/s spec, " if report.spec_bandwidth_gb_s else ""
-    print(f"\n{report.model} on {report.device} ({report.dtype}, {report.weight_gib:.3f} GiB of weights)")
-    print(f"  prompt {report.prompt_tokens} positions; image encoding + prefill {report.prefill_seconds:.3f} s")
+    print(
+        f"\n{report.model} on {report.device} ({report.dtype}, {report.weight_gib:.3f} GiB of weights)"
+    )
+    print(
+        f"  prompt {report.prompt_tokens} positions; image encoding + prefill {report.prefill_seconds:.3f} s"
+    )
     print(
         f"  batch 1 decode: {report.decode_tokens_per_second:8.1f} tokens/s   "
         f"bandwidth limit: {report.limit_tokens_per_second:8.1f} tokens/s   ratio {ratio:.2f}"
@@ -186,22 +201,39 @@ def print_report(report: ModelReport, new_tokens: int) -> None:
         print(f"  peak GPU memory {report.peak_memory_gib:.1f} GiB")
 
 
-def models_to_run(device: torch.device, folder: Path) -> list[tuple[str, Callable[[], LibraCheckpoint]]]:
+def models_to_run(
+    device: torch.device, folder: Path
+) -> list[tuple[str, Callable[[], LibraCheckpoint]]]:
     """(name, build) pairs; each model is built only when its turn comes, to hold one at a time."""
     tiny_7b = write_tiny_checkpoint(folder / "tiny-7b", "7b")
     if device.type != "cuda":
-        return [("tiny (7b layout, CPU)", lambda: load_checkpoint(tiny_7b, device="cpu", dtype="float32"))]
+        return [
+            (
+                "tiny (7b layout, CPU)",
+                lambda: load_checkpoint(tiny_7b, device="cpu", dtype="float32"),
+            )
+        ]
     tiny_3b = write_tiny_checkpoint(folder / "tiny-3b", "3b")
     return [
-        ("libra-v1.0-7b shapes, random weights", lambda: random_checkpoint(libra_7b_config(), tiny_7b, device, torch.bfloat16)),
-        ("libra-v1.0-3b shapes, random weights", lambda: random_checkpoint(libra_3b_config(), tiny_3b, device, torch.bfloat16)),
+        (
+            "libra-v1.0-7b shapes, random weights",
+            lambda: random_checkpoint(libra_7b_config(), tiny_7b, device, torch.bfloat16),
+        ),
+        (
+            "libra-v1.0-3b shapes, random weights",
+            lambda: random_checkpoint(libra_3b_config(), tiny_3b, device, torch.bfloat16),
+        ),
     ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--new-tokens", type=int, default=128, help="tokens written per report (default 128)")
-    parser.add_argument("--batches", default="1,4,16", help="batch sizes for reports/hour (default 1,4,16)")
+    parser.add_argument(
+        "--new-tokens", type=int, default=128, help="tokens written per report (default 128)"
+    )
+    parser.add_argument(
+        "--batches", default="1,4,16", help="batch sizes for reports/hour (default 1,4,16)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
     batches = sorted({int(b) for b in args.batches.split(",")} | {1})

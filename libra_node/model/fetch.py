@@ -32,7 +32,13 @@ REPOSITORIES = {"7b": "X-iZhang/libra-v1.0-7b", "3b": "X-iZhang/libra-v1.0-3b"}
 RAD_DINO = "microsoft/rad-dino"
 # Seconds to wait for the hub's first answer before calling it unreachable.
 PROBE_TIMEOUT = 15.0
-VISION_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "LICENSE*", "README.md"]
+VISION_FILES = [
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors",
+    "LICENSE*",
+    "README.md",
+]
 
 
 class FetchError(RuntimeError):
@@ -56,10 +62,12 @@ def fetch_checkpoint(variant: str, directory: str | Path) -> Path:
         "revision": model_info.sha,
         "vision_repo_id": RAD_DINO,
         "vision_revision": vision_info.sha,
-        "fetched_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "fetched_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     (directory / FETCH_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    log.info("model.fetched", repo=repo_id, revision=model_info.sha, vision_revision=vision_info.sha)
+    log.info(
+        "model.fetched", repo=repo_id, revision=model_info.sha, vision_revision=vision_info.sha
+    )
     return directory
 
 
@@ -68,9 +76,13 @@ def _probe(api: HfApi, repo_id: str) -> Any:
     try:
         return api.model_info(repo_id, timeout=PROBE_TIMEOUT)
     except OfflineModeIsEnabled as exc:
-        raise FetchError(f"cannot fetch {repo_id}: offline mode is on (HF_HUB_OFFLINE); unset it to download") from exc
+        raise FetchError(
+            f"cannot fetch {repo_id}: offline mode is on (HF_HUB_OFFLINE); unset it to download"
+        ) from exc
     except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise FetchError(f"cannot fetch {repo_id}: the hub refuses access ({type(exc).__name__})") from exc
+        raise FetchError(
+            f"cannot fetch {repo_id}: the hub refuses access ({type(exc).__name__})"
+        ) from exc
     except HfHubHTTPError as exc:
         raise FetchError(f"cannot fetch {repo_id}: the hub answered with an error: {exc}") from exc
     except Exception as exc:  # connection, DNS, TLS and timeout errors of the HTTP client
@@ -90,7 +102,9 @@ def _model_patterns(model_info: Any) -> list[str] | None:
     return [
         name
         for name in names
-        if not (has_safetensors and name.startswith("pytorch_model") and name != STAGE_ONE_CONNECTOR)
+        if not (
+            has_safetensors and name.startswith("pytorch_model") and name != STAGE_ONE_CONNECTOR
+        )
     ]
 
 
@@ -99,7 +113,9 @@ def _download(repo_id: str, revision: str, directory: Path, patterns: list[str] 
     try:
         snapshot_download(repo_id, revision=revision, local_dir=directory, allow_patterns=patterns)
     except Exception as exc:  # a broken connection mid-download surfaces as many types
-        raise FetchError(f"downloading {repo_id} into {directory} failed: {type(exc).__name__}: {exc}") from exc
+        raise FetchError(
+            f"downloading {repo_id} into {directory} failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 __all__ = ["FetchError", "RAD_DINO", "REPOSITORIES", "fetch_checkpoint"]

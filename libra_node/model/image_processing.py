@@ -173,12 +173,12 @@ def pad_to_square(grey: np.ndarray, fill: int) -> np.ndarray:
 class ImageNormalizer:
     """Second step: grey 518 x 518 ``uint8`` arrays to normalised float32 [N, 3, 518, 518]."""
 
-    image_mean: tuple[float, float, float]
-    image_std: tuple[float, float, float]
+    image_mean: tuple[float, ...]
+    image_std: tuple[float, ...]
     rescale_factor: float = 1 / 255
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ImageNormalizer":
+    def from_file(cls, path: str | Path) -> ImageNormalizer:
         """Read an image processor's preprocessor_config.json."""
         path = Path(path)
         try:
@@ -193,7 +193,7 @@ class ImageNormalizer:
         if len(mean) != 3 or len(std) != 3:
             raise ImageError(f"{path}: image_mean and image_std need 3 values each")
         _check_processor_size(config, path)
-        return cls(mean, std, float(config.get("rescale_factor", 1 / 255)))  # type: ignore[arg-type]
+        return cls(mean, std, float(config.get("rescale_factor", 1 / 255)))
 
     @property
     def pad_mean(self) -> float:
@@ -224,7 +224,11 @@ def _check_processor_size(config: dict, path: Path) -> None:
 
 
 def _check_prepared(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (IMAGE_SIZE, IMAGE_SIZE):
+    if (
+        not isinstance(image, np.ndarray)
+        or image.dtype != np.uint8
+        or image.shape != (IMAGE_SIZE, IMAGE_SIZE)
+    ):
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ImageError(

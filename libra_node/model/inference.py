@@ -75,10 +75,14 @@ class LibraGenerator:
         self.max_batch = max_batch
         tokenizer = checkpoint.tokenizer
         self.eos_token_ids = _stop_token_ids(checkpoint)
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_token_ids[0]
+        )
         # Image and padding positions are BOS in generate()'s id bookkeeping:
         # a token that is never generated, so n-gram blocking ignores them.
-        self.placeholder_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.pad_token_id
+        self.placeholder_id = (
+            tokenizer.bos_token_id if tokenizer.bos_token_id is not None else self.pad_token_id
+        )
         self.generation_config = generation_config(
             preset, self.eos_token_ids, self.pad_token_id, **generation_overrides
         )
@@ -94,15 +98,17 @@ class LibraGenerator:
         preset: str = "clinical",
         max_batch: int | None = None,
         **generation_overrides: Any,
-    ) -> "LibraGenerator":
+    ) -> LibraGenerator:
         checkpoint = load_checkpoint(model_path, vision_path, device=device, dtype=dtype)
         return cls(checkpoint, preset=preset, max_batch=max_batch, **generation_overrides)
 
     @classmethod
-    def from_settings(cls, settings: ModelSettings, **generation_overrides: Any) -> "LibraGenerator":
+    def from_settings(cls, settings: ModelSettings, **generation_overrides: Any) -> LibraGenerator:
         """The model described by the [model] settings section."""
         if settings.path is None:
-            raise CheckpointError("no model configured: set model.path (LIBRA_MODEL__PATH) to a checkpoint folder")
+            raise CheckpointError(
+                "no model configured: set model.path (LIBRA_MODEL__PATH) to a checkpoint folder"
+            )
         overrides = {"max_new_tokens": settings.max_new_tokens, **generation_overrides}
         return cls.load(
             settings.path,
@@ -151,7 +157,9 @@ class LibraGenerator:
         self._synchronize()
         encoded = time.perf_counter()
 
-        token_ids = prompt_token_ids([item.context for item in items], self.checkpoint.template, self.checkpoint.tokenizer)
+        token_ids = prompt_token_ids(
+            [item.context for item in items], self.checkpoint.template, self.checkpoint.tokenizer
+        )
         inputs_embeds, attention_mask, ids = model.splice_image_embeddings(
             token_ids, image_embeds, IMAGE_TOKEN_INDEX, self.placeholder_id
         )
@@ -202,7 +210,9 @@ class LibraGenerator:
         config = self.generation_config
         room = self.checkpoint.model.config.max_position_embeddings - prompt_length
         if room < 1:
-            raise ValueError(f"the prompt takes {prompt_length} positions, the model has only {room + prompt_length}")
+            raise ValueError(
+                f"the prompt takes {prompt_length} positions, the model has only {room + prompt_length}"
+            )
         if config.max_new_tokens > room:
             log.warning("model.max_new_tokens_cut", asked=config.max_new_tokens, allowed=room)
             config = GenerationConfig(**{**config.to_dict(), "max_new_tokens": room})
@@ -211,7 +221,12 @@ class LibraGenerator:
         return config
 
     def _result(
-        self, new_ids: list[int], prompt_tokens: int, encode_seconds: float, generate_seconds: float, batch: int
+        self,
+        new_ids: list[int],
+        prompt_tokens: int,
+        encode_seconds: float,
+        generate_seconds: float,
+        batch: int,
     ) -> GenerationResult:
         stop_at = next((i for i, token in enumerate(new_ids) if token in self.eos_token_ids), None)
         text_ids = new_ids if stop_at is None else new_ids[:stop_at]
@@ -238,7 +253,10 @@ def _stop_token_ids(checkpoint: LibraCheckpoint) -> list[int]:
     tokenizer = checkpoint.tokenizer
     config_eos = checkpoint.model.config.eos_token_id
     candidates = list(config_eos) if isinstance(config_eos, (list, tuple)) else [config_eos]
-    candidates += [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(checkpoint.template.stop_string)]
+    candidates += [
+        tokenizer.eos_token_id,
+        tokenizer.convert_tokens_to_ids(checkpoint.template.stop_string),
+    ]
     unknown = tokenizer.unk_token_id
     ids: list[int] = []
     for token_id in candidates:

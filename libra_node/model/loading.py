@@ -77,7 +77,7 @@ class LibraCheckpoint:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" means the GPU when there is one."""
+    """ "auto" means the GPU when there is one."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -85,12 +85,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     except RuntimeError as exc:
         raise CheckpointError(f"unknown device {device!r}: {exc}") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError(f"device {device!r} was asked for but this machine has no usable CUDA GPU")
+        raise CheckpointError(
+            f"device {device!r} was asked for but this machine has no usable CUDA GPU"
+        )
     return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" means bf16 on CUDA and fp32 elsewhere."""
+    """ "auto" means bf16 on CUDA and fp32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -127,7 +129,9 @@ def load_checkpoint(
     with torch.device("meta"):
         model = LibraLlamaForCausalLM(config, vision_config)
     assign_weights(model, checkpoint_state(model_path, files), target_device, target_dtype)
-    model.model.vision_tower.vision_tower = load_vision_tower(vision_dir, target_device, target_dtype)
+    model.model.vision_tower.vision_tower = load_vision_tower(
+        vision_dir, target_device, target_dtype
+    )
     model.model.rotary_emb = LlamaRotaryEmbedding(config).to(target_device)
     ensure_materialized(model)
     model.eval()
@@ -143,9 +147,13 @@ def load_checkpoint(
         dtype=str(target_dtype).removeprefix("torch."),
         template=template.name,
         demo=identity.is_demo,
-        note="UNTRAINED DEMO MODEL: random weights, its text means nothing" if identity.is_demo else "",
+        note="UNTRAINED DEMO MODEL: random weights, its text means nothing"
+        if identity.is_demo
+        else "",
     )
-    return LibraCheckpoint(model, tokenizer, normalizer, template, identity, target_device, target_dtype)
+    return LibraCheckpoint(
+        model, tokenizer, normalizer, template, identity, target_device, target_dtype
+    )
 
 
 def read_raw_config(model_path: Path) -> dict[str, Any]:
@@ -164,11 +172,19 @@ def read_raw_config(model_path: Path) -> dict[str, Any]:
             f"{config_file} describes model_type {raw.get('model_type')!r}, not a Libra checkpoint ('libra')"
         )
     if ARCHITECTURE not in (raw.get("architectures") or [ARCHITECTURE]):
-        raise CheckpointError(f"{config_file} names architectures {raw.get('architectures')}, expected {ARCHITECTURE}")
-    expected = {"mm_projector_type": "TAC", "mm_vision_select_layer": "all", "mm_vision_select_feature": "patch"}
+        raise CheckpointError(
+            f"{config_file} names architectures {raw.get('architectures')}, expected {ARCHITECTURE}"
+        )
+    expected = {
+        "mm_projector_type": "TAC",
+        "mm_vision_select_layer": "all",
+        "mm_vision_select_feature": "patch",
+    }
     for key, value in expected.items():
         if raw.get(key, value) != value:
-            raise CheckpointError(f"{config_file}: {key} is {raw.get(key)!r}; this node runs Libra with {value!r}")
+            raise CheckpointError(
+                f"{config_file}: {key} is {raw.get(key)!r}; this node runs Libra with {value!r}"
+            )
     return raw
 
 
@@ -179,7 +195,9 @@ def _libra_config(model_path: Path) -> LibraConfig:
         raise CheckpointError(f"invalid config.json in {model_path}: {exc}") from exc
 
 
-def resolve_vision_path(model_path: Path, vision_path: str | Path | None, config: LibraConfig) -> Path:
+def resolve_vision_path(
+    model_path: Path, vision_path: str | Path | None, config: LibraConfig
+) -> Path:
     """RAD-DINO's local folder: given, else <checkpoint>/rad-dino, else a local path in the config."""
     if vision_path is not None:
         candidate = Path(vision_path)
@@ -200,7 +218,9 @@ def read_vision_config(vision_dir: Path, config: LibraConfig) -> Dinov2Config:
     try:
         vision_config = Dinov2Config.from_pretrained(vision_dir, local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read the RAD-DINO configuration in {vision_dir}: {exc}") from exc
+        raise CheckpointError(
+            f"cannot read the RAD-DINO configuration in {vision_dir}: {exc}"
+        ) from exc
     if vision_config.hidden_size != config.mm_hidden_size:
         raise CheckpointError(
             f"RAD-DINO in {vision_dir} has width {vision_config.hidden_size}, "
@@ -216,7 +236,10 @@ def read_vision_config(vision_dir: Path, config: LibraConfig) -> Dinov2Config:
 
 def weight_files(model_path: Path) -> list[Path]:
     """The weight files of a checkpoint: an index and its shards, or one file."""
-    for index_name, single_name in ((SAFETENSORS_INDEX, SAFETENSORS_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+    for index_name, single_name in (
+        (SAFETENSORS_INDEX, SAFETENSORS_SINGLE),
+        (BIN_INDEX, BIN_SINGLE),
+    ):
         index = model_path / index_name
         if index.is_file():
             return _shards_of(index)
@@ -236,7 +259,9 @@ def _shards_of(index: Path) -> list[Path]:
     shards = [index.parent / name for name in sorted(set(weight_map.values()))]
     absent = [shard.name for shard in shards if not shard.is_file()]
     if absent:
-        raise CheckpointError(f"{index.parent} lacks weight shards named in {index.name}: {', '.join(absent)}")
+        raise CheckpointError(
+            f"{index.parent} lacks weight shards named in {index.name}: {', '.join(absent)}"
+        )
     return shards
 
 
@@ -270,7 +295,13 @@ def checkpoint_state(model_path: Path, files: Iterable[Path]) -> dict[str, torch
     stage_one = model_path / STAGE_ONE_CONNECTOR
     if stage_one.is_file() and not any(name.startswith(CONNECTOR_PREFIX) for name in state):
         connector = read_weights(stage_one)
-        state.update({name: tensor for name, tensor in connector.items() if name.startswith(CONNECTOR_PREFIX)})
+        state.update(
+            {
+                name: tensor
+                for name, tensor in connector.items()
+                if name.startswith(CONNECTOR_PREFIX)
+            }
+        )
         log.info("model.connector_from_stage_one", file=STAGE_ONE_CONNECTOR)
     return state
 
@@ -281,10 +312,15 @@ def _rebuilt_by_model(name: str) -> bool:
 
 
 def assign_weights(
-    model: LibraLlamaForCausalLM, state: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+    model: LibraLlamaForCausalLM,
+    state: dict[str, torch.Tensor],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> None:
     """Put the checkpoint's tensors into the meta-built model; every one must fit exactly."""
-    expected = {name: tensor for name, tensor in model.state_dict().items() if not _rebuilt_by_model(name)}
+    expected = {
+        name: tensor for name, tensor in model.state_dict().items() if not _rebuilt_by_model(name)
+    }
     tolerated: set[str] = set()
     tied = bool(model.config.tie_word_embeddings)
     if tied:
@@ -297,7 +333,9 @@ def assign_weights(
     if missing:
         raise CheckpointError(_key_problem("lacks", missing, "the model needs"))
     unexpected = sorted(
-        name for name in state if name not in expected and name not in tolerated and not _rebuilt_by_model(name)
+        name
+        for name in state
+        if name not in expected and name not in tolerated and not _rebuilt_by_model(name)
     )
     if unexpected:
         raise CheckpointError(_key_problem("has", unexpected, "this model does not know"))
@@ -311,7 +349,9 @@ def assign_weights(
 
     for_connector = connector_dtype(dtype)
     tensors = {
-        name: state[name].to(device=device, dtype=for_connector if name.startswith(CONNECTOR_PREFIX) else dtype)
+        name: state[name].to(
+            device=device, dtype=for_connector if name.startswith(CONNECTOR_PREFIX) else dtype
+        )
         for name in expected
     }
     model.load_state_dict(tensors, strict=False, assign=True)
@@ -368,7 +408,11 @@ def quiet_progress_bars() -> Iterator[None]:
 
 def ensure_materialized(model: torch.nn.Module) -> None:
     """No tensor may be left on the meta device (that would be an uninitialised weight)."""
-    left = [name for name, tensor in (*model.named_parameters(), *model.named_buffers()) if tensor.is_meta]
+    left = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_meta
+    ]
     if left:
         raise CheckpointError(_key_problem("left unloaded", left, ""))
 
@@ -376,7 +420,9 @@ def ensure_materialized(model: torch.nn.Module) -> None:
 def load_tokenizer(model_path: Path, config: LibraConfig) -> Any:
     # Without a vocabulary file transformers would quietly build an empty tokenizer.
     if not any((model_path / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(f"cannot load the tokenizer: {model_path} has neither {' nor '.join(TOKENIZER_FILES)}")
+        raise CheckpointError(
+            f"cannot load the tokenizer: {model_path} has neither {' nor '.join(TOKENIZER_FILES)}"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

@@ -149,7 +149,8 @@ class TemporalAlignmentConnector(nn.Module):
 
         cur = self.norm1(current + self.dropout1(attend(self.cur_self_attention, current, current)))
         pri = self.norm2(
-            shifted_prior + self.dropout2(attend(self.prior_self_attention, shifted_prior, shifted_prior))
+            shifted_prior
+            + self.dropout2(attend(self.prior_self_attention, shifted_prior, shifted_prior))
         )
         combined = self.norm3(cur + self.dropout3(attend(self.cros_attention, cur, pri)))
         # The residual is the LFE output itself, not the self-attended one.
@@ -244,17 +245,23 @@ class LibraLlamaForCausalLM(LlamaForCausalLM):
             ids_tensor = torch.tensor(list(ids), dtype=torch.long, device=device)
             where = (ids_tensor == image_token_id).nonzero().flatten()
             if where.numel() != 1:
-                raise ValueError(f"prompt {sample} has {where.numel()} image placeholders, expected 1")
+                raise ValueError(
+                    f"prompt {sample} has {where.numel()} image placeholders, expected 1"
+                )
             at = int(where[0])
             before, after = ids_tensor[:at], ids_tensor[at + 1 :]
             image = image_embeds[sample]
             row_embeds = torch.cat([embed(before), image, embed(after)])
-            image_ids = torch.full((image.shape[0],), placeholder_id, dtype=torch.long, device=device)
+            image_ids = torch.full(
+                (image.shape[0],), placeholder_id, dtype=torch.long, device=device
+            )
             rows.append((row_embeds, torch.cat([before, image_ids, after])))
 
         length = max(row_embeds.shape[0] for row_embeds, _ in rows)
         batch = len(rows)
-        inputs_embeds = torch.zeros(batch, length, embed.weight.shape[1], dtype=embed.weight.dtype, device=device)
+        inputs_embeds = torch.zeros(
+            batch, length, embed.weight.shape[1], dtype=embed.weight.dtype, device=device
+        )
         attention_mask = torch.zeros(batch, length, dtype=torch.long, device=device)
         ids_out = torch.full((batch, length), placeholder_id, dtype=torch.long, device=device)
         for sample, (row_embeds, row_ids) in enumerate(rows):

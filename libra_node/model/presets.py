@@ -17,7 +17,12 @@ DEFAULT_MAX_NEW_TOKENS = 256
 
 PRESETS: dict[str, dict[str, Any]] = {
     "clinical": {"do_sample": False, "num_beams": 1, "no_repeat_ngram_size": 3},
-    "paper": {"do_sample": False, "num_beams": 10, "length_penalty": 2.0, "no_repeat_ngram_size": 3},
+    "paper": {
+        "do_sample": False,
+        "num_beams": 10,
+        "length_penalty": 2.0,
+        "no_repeat_ngram_size": 3,
+    },
     "sample": {"do_sample": True, "num_beams": 1, "temperature": 0.9, "top_p": 0.8},
 }
 

@@ -91,7 +91,10 @@ def template_for_config(config: Any) -> ConversationTemplate:
     name = getattr(config, "conversation_template", None)
     if name is None:
         rope = getattr(config, "rope_parameters", None) or {}
-        llama_3 = getattr(config, "bos_token_id", None) == LLAMA_3_BOS_ID or rope.get("rope_type") == "llama3"
+        llama_3 = (
+            getattr(config, "bos_token_id", None) == LLAMA_3_BOS_ID
+            or rope.get("rope_type") == "llama3"
+        )
         name = LIBRA_LLAMA_3.name if llama_3 else LIBRA_V1.name
     try:
         return TEMPLATES[name]
@@ -175,7 +178,9 @@ def _reason_for_request(dataset: Dataset) -> str:
     return reason
 
 
-def clinical_context_from_datasets(current: Dataset, prior: Dataset | None = None) -> ClinicalContext:
+def clinical_context_from_datasets(
+    current: Dataset, prior: Dataset | None = None
+) -> ClinicalContext:
     """What the DICOM headers say: indication, history, the prior's date, the view."""
     view = str(current.get("ViewPosition", "") or "").strip()
     indication = _reason_for_request(current) or str(current.get("StudyDescription", "") or "")

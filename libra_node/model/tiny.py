@@ -32,7 +32,13 @@ from libra_node.model.image_processing import IMAGE_SIZE, PREPROCESSOR_CONFIG
 from libra_node.model.layout import SAFETENSORS_SINGLE, VISION_FOLDER
 from libra_node.model.loading import quiet_progress_bars
 from libra_node.model.modeling_libra import LibraLlamaForCausalLM
-from libra_node.model.prompting import LIBRA_LLAMA_3, LIBRA_SYSTEM, LIBRA_V1, LLAVA_SYSTEM, DEFAULT_QUERY
+from libra_node.model.prompting import (
+    DEFAULT_QUERY,
+    LIBRA_LLAMA_3,
+    LIBRA_SYSTEM,
+    LIBRA_V1,
+    LLAVA_SYSTEM,
+)
 
 VARIANTS = ("7b", "3b")
 
@@ -93,7 +99,12 @@ Comparison: prior chest radiograph. Technique: PA view, AP view, lateral view.
 """
 
 # Short names for sizes, kept small so that a CPU generates in milliseconds.
-TINY_TEXT_SIZE = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY_TEXT_SIZE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 TINY_VISION_SIZE = {"hidden_size": 32, "num_attention_heads": 2, "mlp_ratio": 2}
 # Wider than Llama's 0.02: at that scale a 2-layer model barely mixes its
 # inputs, and texts for different images and contexts would come out the same.
@@ -113,7 +124,12 @@ LLAMA_3_SPECIAL_TOKENS = (
 def training_text() -> list[str]:
     """Corpus lines plus the template texts, so that prompts tokenise into known pieces."""
     lines = [line for line in RADIOLOGY_CORPUS.strip().splitlines() if line]
-    return lines + [LIBRA_SYSTEM, LLAVA_SYSTEM, DEFAULT_QUERY, "USER: ASSISTANT: Following clinical context:"]
+    return lines + [
+        LIBRA_SYSTEM,
+        LLAVA_SYSTEM,
+        DEFAULT_QUERY,
+        "USER: ASSISTANT: Following clinical context:",
+    ]
 
 
 def corpus_words() -> set[str]:
@@ -157,7 +173,9 @@ def write_tiny_checkpoint(directory: str | Path, variant: str = "7b", seed: int 
         # transformers writes RAD-DINO's own (original) key names.
         model.model.vision_tower.vision_tower.save_pretrained(vision_dir)
     for folder in (directory, vision_dir):
-        (folder / PREPROCESSOR_CONFIG).write_text(json.dumps(rad_dino_processor_config(), indent=2) + "\n")
+        (folder / PREPROCESSOR_CONFIG).write_text(
+            json.dumps(rad_dino_processor_config(), indent=2) + "\n"
+        )
     return directory
 
 
@@ -274,7 +292,9 @@ def _write_llama_3_tokenizer(directory: Path) -> None:
         show_progress=False,
     )
     tokenizer.train_from_iterator(training_text(), trainer=trainer)
-    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in LLAMA_3_SPECIAL_TOKENS])
+    tokenizer.add_special_tokens(
+        [AddedToken(token, special=True, normalized=False) for token in LLAMA_3_SPECIAL_TOKENS]
+    )
     bos = LLAMA_3_SPECIAL_TOKENS[0]
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A", special_tokens=[(bos, tokenizer.token_to_id(bos))]

@@ -22,7 +22,9 @@ DEMO_LINE = "UNTRAINED DEMO MODEL (random weights)"
 def short_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("LIBRA_CONFIG", raising=False)
     config = tmp_path / "libra.toml"
-    config.write_text(f'[node]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "text"\n[model]\nmax_new_tokens = 12\n')
+    config.write_text(
+        f'[node]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "text"\n[model]\nmax_new_tokens = 12\n'
+    )
     return config
 
 
@@ -30,11 +32,17 @@ def test_model_tiny_writes_a_checkpoint_and_says_it_is_untrained(tmp_path: Path,
     assert main(["model", "tiny", str(tmp_path / "demo"), "--variant", "3b"]) == 0
     out = capsys.readouterr().out
     assert "UNTRAINED DEMO" in out and "3b layout" in out
-    assert (tmp_path / "demo" / "config.json").is_file() and (tmp_path / "demo" / "rad-dino").is_dir()
+    assert (tmp_path / "demo" / "config.json").is_file() and (
+        tmp_path / "demo" / "rad-dino"
+    ).is_dir()
 
 
-def test_report_prints_the_demo_warning_then_the_findings(tiny_7b_dir: Path, rg1_path: Path, short_config: Path, capsys) -> None:
-    code = main(["report", str(rg1_path), "--model", str(tiny_7b_dir), "--config", str(short_config)])
+def test_report_prints_the_demo_warning_then_the_findings(
+    tiny_7b_dir: Path, rg1_path: Path, short_config: Path, capsys
+) -> None:
+    code = main(
+        ["report", str(rg1_path), "--model", str(tiny_7b_dir), "--config", str(short_config)]
+    )
     lines = capsys.readouterr().out.splitlines()
     assert code == 0
     assert lines[0].startswith(DEMO_LINE)
@@ -45,32 +53,75 @@ def test_report_takes_png_and_a_dicom_prior(
     tiny_7b_dir: Path, rg1_path: Path, short_config: Path, tmp_path: Path, capsys
 ) -> None:
     current = tmp_path / "current.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 240), dtype=np.uint8)).save(current)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 240), dtype=np.uint8)).save(
+        current
+    )
     vision = tiny_7b_dir / "rad-dino"
-    args = ["report", str(current), "--prior", str(rg1_path), "--model", str(tiny_7b_dir), "--vision", str(vision)]
+    args = [
+        "report",
+        str(current),
+        "--prior",
+        str(rg1_path),
+        "--model",
+        str(tiny_7b_dir),
+        "--vision",
+        str(vision),
+    ]
     assert main([*args, "--config", str(short_config)]) == 0
     with_prior = capsys.readouterr().out
-    assert main(["report", str(current), "--model", str(tiny_7b_dir), "--config", str(short_config)]) == 0
+    assert (
+        main(["report", str(current), "--model", str(tiny_7b_dir), "--config", str(short_config)])
+        == 0
+    )
     without_prior = capsys.readouterr().out
     assert DEMO_LINE in with_prior and with_prior != without_prior
 
 
-def test_report_without_a_model_says_how_to_name_one(rg1_path: Path, short_config: Path, capsys) -> None:
+def test_report_without_a_model_says_how_to_name_one(
+    rg1_path: Path, short_config: Path, capsys
+) -> None:
     assert main(["report", str(rg1_path), "--config", str(short_config)]) == 2
     assert "no model: pass --model DIR or set model.path" in capsys.readouterr().err
 
 
-def test_report_problems_are_one_clear_line(tiny_7b_dir: Path, rg1_path: Path, short_config: Path, tmp_path: Path, capsys) -> None:
-    assert main(["report", str(tmp_path / "absent.dcm"), "--model", str(tiny_7b_dir), "--config", str(short_config)]) == 1
+def test_report_problems_are_one_clear_line(
+    tiny_7b_dir: Path, rg1_path: Path, short_config: Path, tmp_path: Path, capsys
+) -> None:
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "absent.dcm"),
+                "--model",
+                str(tiny_7b_dir),
+                "--config",
+                str(short_config),
+            ]
+        )
+        == 1
+    )
     assert "absent.dcm does not exist" in capsys.readouterr().err
-    assert main(["report", str(rg1_path), "--model", str(tmp_path), "--config", str(short_config)]) == 1
+    assert (
+        main(["report", str(rg1_path), "--model", str(tmp_path), "--config", str(short_config)])
+        == 1
+    )
     assert "has no config.json" in capsys.readouterr().err
 
 
 def run_fetch(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     completed = subprocess.run(
-        [sys.executable, "-m", "libra_node", "model", "fetch", "--variant", "7b", "--to", str(tmp_path / "weights")],
+        [
+            sys.executable,
+            "-m",
+            "libra_node",
+            "model",
+            "fetch",
+            "--variant",
+            "7b",
+            "--to",
+            str(tmp_path / "weights"),
+        ],
         cwd=REPO_ROOT,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
         capture_output=True,

@@ -22,7 +22,9 @@ PATCHES, WIDTH = 20, 16
 @pytest.fixture()
 def connector() -> TemporalAlignmentConnector:
     torch.manual_seed(0)
-    config = LibraConfig(hidden_size=24, num_attention_heads=4, intermediate_size=32, mm_hidden_size=WIDTH)
+    config = LibraConfig(
+        hidden_size=24, num_attention_heads=4, intermediate_size=32, mm_hidden_size=WIDTH
+    )
     return TemporalAlignmentConnector(config).eval()
 
 
@@ -91,7 +93,9 @@ def test_fusion_follows_the_published_order(connector: TemporalAlignmentConnecto
 
 def test_prior_is_shifted_by_similarity_times_beta(connector: TemporalAlignmentConnector) -> None:
     seen = {}
-    connector.prior_self_attention.register_forward_hook(lambda m, args, out: seen.setdefault("query", args[0]))
+    connector.prior_self_attention.register_forward_hook(
+        lambda m, args, out: seen.setdefault("query", args[0])
+    )
     with torch.no_grad():
         connector.LFE_prior_bias.fill_(2.0)
         features = torch.randn(1, PATCHES, WIDTH)
@@ -100,11 +104,15 @@ def test_prior_is_shifted_by_similarity_times_beta(connector: TemporalAlignmentC
     torch.testing.assert_close(seen["query"], features + 2.0)
 
 
-def test_connector_runs_lfe_on_both_images_then_fuses(connector: TemporalAlignmentConnector) -> None:
+def test_connector_runs_lfe_on_both_images_then_fuses(
+    connector: TemporalAlignmentConnector,
+) -> None:
     current = torch.randn(2, 12, PATCHES, WIDTH)
     prior = torch.randn(2, 12, PATCHES, WIDTH)
     with torch.no_grad():
-        expected = connector.fuse(connector.LFE(current).squeeze(1), connector.LFE(prior).squeeze(1))
+        expected = connector.fuse(
+            connector.LFE(current).squeeze(1), connector.LFE(prior).squeeze(1)
+        )
         torch.testing.assert_close(connector(current, prior), expected)
         assert not torch.allclose(connector(current, prior), connector(current, current))
 

@@ -35,11 +35,18 @@ def reference_grey(path: Path) -> np.ndarray:
     rows, cols = x.shape
     side = max(rows, cols)
     canvas = np.zeros((side, side), np.uint8)
-    canvas[(side - rows) // 2 : (side - rows) // 2 + rows, (side - cols) // 2 : (side - cols) // 2 + cols] = x
-    return np.asarray(Image.fromarray(canvas).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC))
+    canvas[
+        (side - rows) // 2 : (side - rows) // 2 + rows,
+        (side - cols) // 2 : (side - cols) // 2 + cols,
+    ] = x
+    return np.asarray(
+        Image.fromarray(canvas).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+    )
 
 
-def test_real_radiograph_goes_through_luts_inversion_padding_and_resize(rg1_path: Path, rg1_pixels: np.ndarray) -> None:
+def test_real_radiograph_goes_through_luts_inversion_padding_and_resize(
+    rg1_path: Path, rg1_pixels: np.ndarray
+) -> None:
     assert rg1_pixels.shape == (IMAGE_SIZE, IMAGE_SIZE) and rg1_pixels.dtype == np.uint8
     expected = reference_grey(rg1_path)
     assert np.abs(rg1_pixels.astype(int) - expected.astype(int)).max() <= 1
@@ -101,12 +108,16 @@ def test_png_and_jpeg_files_are_read_as_they_are(tmp_path: Path) -> None:
     grey = (np.arange(120 * 90).reshape(120, 90) % 251).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "cxr.png")
     Image.fromarray(grey).convert("RGB").save(tmp_path / "cxr_rgb.png")
-    expected = np.asarray(Image.fromarray(pad_to_square(grey, 0)).resize((518, 518), Image.Resampling.BICUBIC))
+    expected = np.asarray(
+        Image.fromarray(pad_to_square(grey, 0)).resize((518, 518), Image.Resampling.BICUBIC)
+    )
     assert np.array_equal(prepare_pixels(tmp_path / "cxr.png"), expected)
     assert np.array_equal(prepare_pixels(tmp_path / "cxr_rgb.png"), expected)
 
     Image.fromarray(grey).save(tmp_path / "cxr.jpg", quality=95)
-    assert np.abs(prepare_pixels(tmp_path / "cxr.jpg").astype(int) - expected.astype(int)).mean() < 4
+    assert (
+        np.abs(prepare_pixels(tmp_path / "cxr.jpg").astype(int) - expected.astype(int)).mean() < 4
+    )
 
 
 def test_sixteen_bit_png_is_stretched_to_eight_bits(tmp_path: Path) -> None:
@@ -120,7 +131,10 @@ def test_sixteen_bit_png_is_stretched_to_eight_bits(tmp_path: Path) -> None:
     ("make", "message"),
     [
         (lambda tmp: tmp / "missing.dcm", "does not exist"),
-        (lambda tmp: _write(tmp / "garbage.dcm", b"not a dicom file at all"), "cannot read DICOM file"),
+        (
+            lambda tmp: _write(tmp / "garbage.dcm", b"not a dicom file at all"),
+            "cannot read DICOM file",
+        ),
         (lambda tmp: _write(tmp / "notes.txt", b"hello"), "cannot read image file"),
     ],
 )
@@ -158,7 +172,9 @@ def normalizer(tmp_path: Path) -> ImageNormalizer:
     return ImageNormalizer.from_file(tmp_path / "preprocessor_config.json")
 
 
-def test_normalizer_scales_and_normalises_with_the_processor_values(normalizer: ImageNormalizer) -> None:
+def test_normalizer_scales_and_normalises_with_the_processor_values(
+    normalizer: ImageNormalizer,
+) -> None:
     first = np.zeros((518, 518), np.uint8)
     second = np.full((518, 518), 255, np.uint8)
     second[0, 0] = 51
@@ -170,7 +186,9 @@ def test_normalizer_scales_and_normalises_with_the_processor_values(normalizer: 
     np.testing.assert_allclose(out[1, 2, 0, 0], (0.2 - 0.5307) / 0.2583, rtol=1e-6)
 
 
-def test_normalizer_refuses_arrays_that_did_not_come_from_prepare_pixels(normalizer: ImageNormalizer) -> None:
+def test_normalizer_refuses_arrays_that_did_not_come_from_prepare_pixels(
+    normalizer: ImageNormalizer,
+) -> None:
     with pytest.raises(ImageError, match="518x518 uint8"):
         normalizer([np.zeros((512, 512), np.uint8)])
     with pytest.raises(ImageError, match="518x518 uint8"):
@@ -183,7 +201,9 @@ def test_processor_configuration_problems_are_named(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="image_mean"):
         ImageNormalizer.from_file(broken)
     other_size = tmp_path / "other.json"
-    other_size.write_text(json.dumps({**rad_dino_processor_config(), "crop_size": {"height": 224, "width": 224}}))
+    other_size.write_text(
+        json.dumps({**rad_dino_processor_config(), "crop_size": {"height": 224, "width": 224}})
+    )
     with pytest.raises(ImageError, match="224"):
         ImageNormalizer.from_file(other_size)
     with pytest.raises(ImageError, match="cannot read"):

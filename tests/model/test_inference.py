@@ -19,19 +19,25 @@ from libra_node.model.prompting import build_prompt, tokenize_prompt
 IMAGE_TOKENS = 37 * 37
 
 
-def mixed_requests(rg1: np.ndarray, noise: tuple[np.ndarray, np.ndarray]) -> list[GenerationRequest]:
+def mixed_requests(
+    rg1: np.ndarray, noise: tuple[np.ndarray, np.ndarray]
+) -> list[GenerationRequest]:
     """Different images, priors and contexts, so prompts differ in length and content."""
     first, second = noise
     return [
         GenerationRequest(rg1),
         GenerationRequest(rg1, first, ClinicalContext(indication="cough", comparison="2024-01-05")),
-        GenerationRequest(second, None, ClinicalContext(history="long history of heart failure and smoking")),
+        GenerationRequest(
+            second, None, ClinicalContext(history="long history of heart failure and smoking")
+        ),
         GenerationRequest(first, rg1, ClinicalContext(technique="AP view")),
     ]
 
 
 @pytest.mark.parametrize("name", ["generator_7b", "generator_3b"])
-def test_batch_gives_the_same_texts_as_one_by_one(request: pytest.FixtureRequest, name: str, rg1_pixels, noise_pixels) -> None:
+def test_batch_gives_the_same_texts_as_one_by_one(
+    request: pytest.FixtureRequest, name: str, rg1_pixels, noise_pixels
+) -> None:
     generator: LibraGenerator = request.getfixturevalue(name)
     requests = mixed_requests(rg1_pixels, noise_pixels)
     batched = generator.generate(requests)
@@ -43,11 +49,15 @@ def test_batch_gives_the_same_texts_as_one_by_one(request: pytest.FixtureRequest
     assert len({r.text for r in batched}) == len(requests)
 
 
-def test_greedy_generation_is_deterministic_across_loads(generator_7b, tiny_7b_dir: Path, rg1_pixels) -> None:
+def test_greedy_generation_is_deterministic_across_loads(
+    generator_7b, tiny_7b_dir: Path, rg1_pixels
+) -> None:
     item = GenerationRequest(rg1_pixels, None, ClinicalContext(indication="fever"))
     first = generator_7b.generate([item])[0].text
     assert generator_7b.generate([item])[0].text == first
-    fresh = LibraGenerator.load(tiny_7b_dir, max_new_tokens=generator_7b.generation_config.max_new_tokens)
+    fresh = LibraGenerator.load(
+        tiny_7b_dir, max_new_tokens=generator_7b.generation_config.max_new_tokens
+    )
     assert fresh.generate([item])[0].text == first
 
 
@@ -72,10 +82,15 @@ def test_the_prior_reaches_the_image_embeddings(generator_7b, rg1_pixels, noise_
 def test_result_counts_and_timings(generator_7b, rg1_pixels) -> None:
     context = ClinicalContext(indication="cough")
     [result] = generator_7b.generate([GenerationRequest(rg1_pixels, None, context)])
-    prompt_ids = tokenize_prompt(build_prompt(context, generator_7b.checkpoint.template), generator_7b.checkpoint.tokenizer)
+    prompt_ids = tokenize_prompt(
+        build_prompt(context, generator_7b.checkpoint.template), generator_7b.checkpoint.tokenizer
+    )
     assert result.prompt_tokens == len(prompt_ids) - 1 + IMAGE_TOKENS
     # The demo model never scores end-of-text, so it always writes the full length.
-    assert (result.new_tokens, result.stopped) == (generator_7b.generation_config.max_new_tokens, False)
+    assert (result.new_tokens, result.stopped) == (
+        generator_7b.generation_config.max_new_tokens,
+        False,
+    )
     assert 0 < result.encode_seconds < result.total_seconds and result.generate_seconds > 0
     assert result.batch_size == 1
     assert result.text and result.to_dict()["text"] == result.text
@@ -83,7 +98,9 @@ def test_result_counts_and_timings(generator_7b, rg1_pixels) -> None:
 
 def test_generation_stops_at_an_end_of_text_token(generator_7b, rg1_pixels) -> None:
     item = GenerationRequest(rg1_pixels)
-    first_token = generator_7b.checkpoint.tokenizer(generator_7b.generate([item])[0].text.split()[0]).input_ids[1]
+    first_token = generator_7b.checkpoint.tokenizer(
+        generator_7b.generate([item])[0].text.split()[0]
+    ).input_ids[1]
     stopping = LibraGenerator(generator_7b.checkpoint, max_new_tokens=8)
     stopping.eos_token_ids = [first_token]
     stopping.generation_config.eos_token_id = [first_token]
@@ -101,7 +118,12 @@ def test_max_batch_splits_large_requests(tiny_7b_dir: Path, rg1_pixels, noise_pi
 def test_presets_and_overrides(generator_7b, rg1_pixels) -> None:
     checkpoint = generator_7b.checkpoint
     clinical = LibraGenerator(checkpoint).generation_config
-    assert (clinical.do_sample, clinical.num_beams, clinical.no_repeat_ngram_size, clinical.max_new_tokens) == (False, 1, 3, 256)
+    assert (
+        clinical.do_sample,
+        clinical.num_beams,
+        clinical.no_repeat_ngram_size,
+        clinical.max_new_tokens,
+    ) == (False, 1, 3, 256)
     paper = LibraGenerator(checkpoint, preset="paper", max_new_tokens=6)
     assert (paper.generation_config.num_beams, paper.generation_config.length_penalty) == (10, 2.0)
     sample = LibraGenerator(checkpoint, preset="sample", top_p=0.5)
@@ -121,7 +143,10 @@ def test_presets_and_overrides(generator_7b, rg1_pixels) -> None:
 def test_max_new_tokens_is_cut_to_the_positions_left(tiny_7b_dir: Path, rg1_pixels) -> None:
     generator = LibraGenerator.load(tiny_7b_dir, max_new_tokens=5000)
     [result] = generator.generate([GenerationRequest(rg1_pixels)])
-    assert result.prompt_tokens + result.new_tokens == generator.checkpoint.model.config.max_position_embeddings
+    assert (
+        result.prompt_tokens + result.new_tokens
+        == generator.checkpoint.model.config.max_position_embeddings
+    )
 
 
 def test_from_settings_uses_the_model_section(tiny_3b_dir: Path, rg1_pixels) -> None:
@@ -130,7 +155,9 @@ def test_from_settings_uses_the_model_section(tiny_3b_dir: Path, rg1_pixels) -> 
     assert generator.identity.variant == "tiny" and generator.is_demo
     assert (generator.device.type, generator.dtype) == ("cpu", torch.float32)
     results = generator.generate([GenerationRequest(rg1_pixels)] * 2)
-    assert [r.new_tokens for r in results] == [3, 3] and all(isinstance(r, GenerationResult) for r in results)
+    assert [r.new_tokens for r in results] == [3, 3] and all(
+        isinstance(r, GenerationResult) for r in results
+    )
     with pytest.raises(CheckpointError, match="no model configured"):
         LibraGenerator.from_settings(ModelSettings())
 

@@ -15,9 +15,15 @@ from libra_node.model.modeling_libra import LibraLlamaForCausalLM
 VISION_WIDTH = 768
 
 
-def llama_layout(vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int) -> dict:
+def llama_layout(
+    vocab: int, hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int
+) -> dict:
     head_dim = hidden // heads
-    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)}
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
     for n in range(layers):
         prefix = f"model.layers.{n}."
         shapes |= {
@@ -68,13 +74,24 @@ def connector_layout(hidden: int) -> dict:
         f"{p}mlp_final.0.bias": (hidden,),
     }
     for index in (2, 4, 6):
-        shapes |= {f"{p}mlp_final.{index}.weight": (hidden, hidden), f"{p}mlp_final.{index}.bias": (hidden,)}
+        shapes |= {
+            f"{p}mlp_final.{index}.weight": (hidden, hidden),
+            f"{p}mlp_final.{index}.bias": (hidden,),
+        }
     return shapes
 
 
 RELEASED = {
-    "7b": (libra_7b_config, dict(vocab=32017, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008), 61.8),
-    "3b": (libra_3b_config, dict(vocab=128256, hidden=3072, layers=28, heads=24, kv_heads=8, intermediate=8192), 39.0),
+    "7b": (
+        libra_7b_config,
+        dict(vocab=32017, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008),
+        61.8,
+    ),
+    "3b": (
+        libra_3b_config,
+        dict(vocab=128256, hidden=3072, layers=28, heads=24, kv_heads=8, intermediate=8192),
+        39.0,
+    ),
 }
 
 
@@ -107,11 +124,25 @@ def test_connector_has_the_published_parameter_count(released) -> None:
 
 def test_vision_tower_is_rad_dino_sized_under_the_checkpoint_prefix(released) -> None:
     model, _, _ = released
-    vision = {name: t for name, t in model.state_dict().items() if name.startswith("model.vision_tower.vision_tower.")}
+    vision = {
+        name: t
+        for name, t in model.state_dict().items()
+        if name.startswith("model.vision_tower.vision_tower.")
+    }
     assert round(sum(t.numel() for t in vision.values()) / 1e6, 1) == 86.6
-    assert vision["model.vision_tower.vision_tower.embeddings.position_embeddings"].shape == (1, 37 * 37 + 1, 768)
-    assert vision["model.vision_tower.vision_tower.embeddings.patch_embeddings.projection.weight"].shape == (768, 3, 14, 14)
-    layers = {name.split(".encoder.layer.")[1].split(".")[0] for name in vision if ".encoder.layer." in name}
+    assert vision["model.vision_tower.vision_tower.embeddings.position_embeddings"].shape == (
+        1,
+        37 * 37 + 1,
+        768,
+    )
+    assert vision[
+        "model.vision_tower.vision_tower.embeddings.patch_embeddings.projection.weight"
+    ].shape == (768, 3, 14, 14)
+    layers = {
+        name.split(".encoder.layer.")[1].split(".")[0]
+        for name in vision
+        if ".encoder.layer." in name
+    }
     assert layers == {str(n) for n in range(12)}
 
 
@@ -133,8 +164,15 @@ def test_released_configs_carry_the_multimodal_keys() -> None:
         "mm_hidden_size": 768,
         "mm_projector_type": "TAC",
     }
-    assert (config["mm_vision_select_layer"], config["mm_vision_select_feature"]) == ("all", "patch")
-    assert (config["image_aspect_ratio"], config["mm_use_im_start_end"], config["mm_use_im_patch_token"]) == (
+    assert (config["mm_vision_select_layer"], config["mm_vision_select_feature"]) == (
+        "all",
+        "patch",
+    )
+    assert (
+        config["image_aspect_ratio"],
+        config["mm_use_im_start_end"],
+        config["mm_use_im_patch_token"],
+    ) == (
         "pad",
         False,
         False,

@@ -96,7 +96,9 @@ def test_7b_prompt_tokens_match_the_sentencepiece_slow_tokenizer(tiny_7b_dir: Pa
     assert tokenize_prompt(GOLDEN_V1_CONTEXT, tokenizer) == expected
 
 
-def test_3b_prompt_tokens_keep_the_reference_double_bos_and_special_tokens(tiny_3b_dir: Path) -> None:
+def test_3b_prompt_tokens_keep_the_reference_double_bos_and_special_tokens(
+    tiny_3b_dir: Path,
+) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_3b_dir, local_files_only=True)
     ids = tokenize_prompt(GOLDEN_LLAMA_3, tokenizer)
     bos = tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
@@ -109,7 +111,9 @@ def test_3b_prompt_tokens_keep_the_reference_double_bos_and_special_tokens(tiny_
     assert ids[image_at + 1] != bos
     assert ids.count(eot) == 2 and ids.count(header) == 3
     text_after = tokenizer.decode(ids[image_at + 1 :])
-    assert text_after.startswith("\nProvide a detailed description") and text_after.endswith("ASSISTANT<|end_header_id|>")
+    assert text_after.startswith("\nProvide a detailed description") and text_after.endswith(
+        "ASSISTANT<|end_header_id|>"
+    )
 
 
 def test_finished_text_loses_whitespace_and_a_trailing_stop_string() -> None:
@@ -119,11 +123,19 @@ def test_finished_text_loses_whitespace_and_a_trailing_stop_string() -> None:
 
 
 def test_clinical_context_from_dicom_headers() -> None:
-    current = make_chest_image(SyntheticStudy(reason_for_request="Cough for two weeks", views=("PA",)), "PA")
+    current = make_chest_image(
+        SyntheticStudy(reason_for_request="Cough for two weeks", views=("PA",)), "PA"
+    )
     current.AdditionalPatientHistory = "Smoker"
     prior = make_chest_image(SyntheticStudy(study_date=dt.date(2025, 3, 9), views=("AP",)), "AP")
     assert clinical_context_from_datasets(current, prior) == ClinicalContext(
-        indication="Cough for two weeks", history="Smoker", comparison="2025-03-09", technique="PA view"
+        indication="Cough for two weeks",
+        history="Smoker",
+        comparison="2025-03-09",
+        technique="PA view",
     )
-    no_reason = make_chest_image(SyntheticStudy(study_description="XR CHEST PA", views=("PA",), omit_view_position=True), "PA")
+    no_reason = make_chest_image(
+        SyntheticStudy(study_description="XR CHEST PA", views=("PA",), omit_view_position=True),
+        "PA",
+    )
     assert clinical_context_from_datasets(no_reason) == ClinicalContext(indication="XR CHEST PA")
