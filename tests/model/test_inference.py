@@ -165,3 +165,33 @@ def test_from_settings_uses_the_model_section(tiny_3b_dir: Path, rg1_pixels) -> 
 def test_requests_must_hold_prepared_images(generator_7b) -> None:
     with pytest.raises(ImageError, match="518x518 uint8"):
         generator_7b.generate([GenerationRequest(np.zeros((100, 100), np.uint8))])
+
+
+def test_features_are_every_block_output_before_the_final_norm_without_cls(generator_7b, rg1_pixels) -> None:
+    model = generator_7b.checkpoint.model
+    pixels = torch.from_numpy(generator_7b.checkpoint.normalizer([rg1_pixels]))
+    with torch.no_grad():
+        features = model.encode_images(pixels)
+        outputs = model.model.vision_tower.vision_tower(pixels, output_hidden_states=True)
+    assert features.shape == (1, 12, IMAGE_TOKENS, 32)
+    for layer in range(12):
+        assert torch.equal(features[0, layer], outputs.hidden_states[layer + 1][0, 1:])
+    assert not torch.allclose(features[0, -1], outputs.last_hidden_state[0, 1:])
+
+
+def test_image_embeddings_replace_the_placeholder_and_padding_is_on_the_left(generator_7b) -> None:
+    model = generator_7b.checkpoint.model
+    image = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        embeds, mask, ids = model.splice_image_embeddings(
+            [[1, 5, -200, 6, 7], [1, -200, 9]], image, image_token_id=-200, placeholder_id=1
+        )
+        table = model.model.embed_tokens.weight
+    assert embeds.shape == (2, 7, 64)
+    assert mask.tolist() == [[1] * 7, [0, 0, 1, 1, 1, 1, 1]]
+    assert ids.tolist() == [[1, 5, 1, 1, 1, 6, 7], [1, 1, 1, 1, 1, 1, 9]]
+    assert torch.equal(embeds[0, 2:5], image[0]) and torch.equal(embeds[1, 3:6], image[1])
+    assert torch.equal(embeds[0, 1], table[5]) and torch.equal(embeds[1, 6], table[9])
+    assert torch.equal(embeds[1, :2], torch.zeros(2, 64))
+    with pytest.raises(ValueError, match="2 image placeholders"):
+        model.splice_image_embeddings([[1, -200, -200]], image[:1], image_token_id=-200, placeholder_id=1)
