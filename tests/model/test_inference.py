@@ -167,7 +167,9 @@ def test_requests_must_hold_prepared_images(generator_7b) -> None:
         generator_7b.generate([GenerationRequest(np.zeros((100, 100), np.uint8))])
 
 
-def test_features_are_every_block_output_before_the_final_norm_without_cls(generator_7b, rg1_pixels) -> None:
+def test_features_are_every_block_output_before_the_final_norm_without_cls(
+    generator_7b, rg1_pixels
+) -> None:
     model = generator_7b.checkpoint.model
     pixels = torch.from_numpy(generator_7b.checkpoint.normalizer([rg1_pixels]))
     with torch.no_grad():
@@ -194,4 +196,6 @@ def test_image_embeddings_replace_the_placeholder_and_padding_is_on_the_left(gen
     assert torch.equal(embeds[0, 1], table[5]) and torch.equal(embeds[1, 6], table[9])
     assert torch.equal(embeds[1, :2], torch.zeros(2, 64))
     with pytest.raises(ValueError, match="2 image placeholders"):
-        model.splice_image_embeddings([[1, -200, -200]], image[:1], image_token_id=-200, placeholder_id=1)
+        model.splice_image_embeddings(
+            [[1, -200, -200]], image[:1], image_token_id=-200, placeholder_id=1
+        )

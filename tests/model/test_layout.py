@@ -6,11 +6,15 @@ independently of the modeling code, so a renamed or reshaped parameter fails.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from libra_node.model.configuration_libra import libra_3b_config, libra_7b_config
+from libra_node.model.configuration_libra import LibraConfig, libra_3b_config, libra_7b_config
 from libra_node.model.modeling_libra import LibraLlamaForCausalLM
+from libra_node.model.prompting import template_for_config
 
 VISION_WIDTH = 768
 
@@ -178,3 +182,59 @@ def test_released_configs_carry_the_multimodal_keys() -> None:
         False,
     )
     assert config["tie_word_embeddings"] is False and config["max_position_embeddings"] == 2048
+
+
+# config.json as the released 7B writes it: Llama-2 keys, the mm_* keys and training leftovers.
+RELEASED_7B_CONFIG_JSON = {
+    "_name_or_path": "checkpoints/libra-v1.0-7b",
+    "architectures": ["LibraLlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "freeze_mm_mlp_adapter": False,
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "image_aspect_ratio": "pad",
+    "initializer_range": 0.02,
+    "intermediate_size": 11008,
+    "max_position_embeddings": 2048,
+    "mm_hidden_size": 768,
+    "mm_patch_merge_type": "flat",
+    "mm_projector_lr": None,
+    "mm_projector_type": "TAC",
+    "mm_use_im_patch_token": False,
+    "mm_use_im_start_end": False,
+    "mm_vision_select_feature": "patch",
+    "mm_vision_select_layer": "all",
+    "mm_vision_tower": "microsoft/rad-dino",
+    "model_type": "libra",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 32,
+    "pad_token_id": 0,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": None,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+    "tokenizer_model_max_length": 2048,
+    "tokenizer_padding_side": "right",
+    "torch_dtype": "float16",
+    "transformers_version": "4.37.2",
+    "tune_mm_mlp_adapter": False,
+    "use_cache": True,
+    "use_mm_proj": True,
+    "vocab_size": 32017,
+}
+
+
+def test_a_released_style_config_json_builds_the_same_model(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(RELEASED_7B_CONFIG_JSON))
+    config = LibraConfig.from_pretrained(tmp_path, local_files_only=True)
+    assert template_for_config(config).name == "libra_v1"
+    with torch.device("meta"):
+        from_json = LibraLlamaForCausalLM(config).state_dict()
+        preset = LibraLlamaForCausalLM(libra_7b_config()).state_dict()
+    assert {k: tuple(v.shape) for k, v in from_json.items()} == {
+        k: tuple(v.shape) for k, v in preset.items()
+    }
