@@ -98,7 +98,7 @@ History: hypertension, heart failure, cancer, smoking, recent surgery, dyspnea.
 Comparison: prior chest radiograph. Technique: PA view, AP view, lateral view.
 """
 
-# Short names for sizes, kept small so that a CPU generates in milliseconds.
+# Sizes kept small so that a CPU generates a token in a few milliseconds.
 TINY_TEXT_SIZE = {
     "hidden_size": 64,
     "intermediate_size": 128,
