@@ -77,7 +77,7 @@ class LibraCheckpoint:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """ "auto" means the GPU when there is one."""
+    """The torch device for a setting; auto means the GPU when there is one."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -92,7 +92,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """ "auto" means bf16 on CUDA and fp32 elsewhere."""
+    """The dtype for a setting; auto means bf16 on CUDA and fp32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
