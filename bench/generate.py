@@ -59,14 +59,12 @@ class ModelReport:
 def random_checkpoint(
     config: LibraConfig, tokenizer_dir: Path, device: torch.device, dtype: torch.dtype
 ) -> LibraCheckpoint:
-    """A released-size model with random weights, built directly on the device."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LibraLlamaForCausalLM(config).eval()
-    finally:
-        torch.set_default_dtype(previous)
+    """A released-size model with random weights, built directly on the device.
+
+    Built in fp32 (every initialiser supports it), then cast: 27 GB at most for the 7B.
+    """
+    with torch.device(device):
+        model = LibraLlamaForCausalLM(config).to(dtype).eval()
     template = template_for_config(config)
     identity = ModelIdentity(
         f"random-{template.name}", "random", "random", __version__, is_demo=True
