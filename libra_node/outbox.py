@@ -36,6 +36,7 @@ from libra_node.config import Settings
 from libra_node.ledger import Ledger, StudyState
 from libra_node.logs import get_logger, phi_hash
 from libra_node.pacs.base import PacsClient, PacsError
+from libra_node.pacs.encoding import as_part10
 from libra_node.spool import Spool, is_valid_uid
 
 log = get_logger(__name__)
@@ -132,7 +133,7 @@ class Outbox:
                 next_attempt_at=now,
             )
             buffer = io.BytesIO()
-            dcmwrite(buffer, ds, enforce_file_format=True)
+            dcmwrite(buffer, as_part10(ds), enforce_file_format=True)
             # Object first, record second: a record always has its object.
             self.files.store(f"{sop_uid}.dcm", buffer.getvalue())
             self._save(item)

@@ -67,7 +67,6 @@ class OrthancServer:
         modalities: Iterable[Modality] = (),
         stable_age: int = 60,
         python_script: Path | None = None,
-        tls_certificate: Path | None = None,
         extra_config: dict[str, object] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
@@ -78,8 +77,6 @@ class OrthancServer:
         self.modalities = list(modalities)
         self.stable_age = stable_age
         self.python_script = python_script
-        # One PEM file holding the certificate and its private key, as Orthanc wants it.
-        self.tls_certificate = tls_certificate
         self.extra_config = dict(extra_config or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -95,13 +92,7 @@ class OrthancServer:
 
     @property
     def url(self) -> str:
-        scheme = "https" if self.tls_certificate else "http"
-        return f"{scheme}://{self.host}:{self.http_port}"
-
-    @property
-    def verify(self) -> str | bool:
-        """What an HTTP client must trust: the self-signed certificate when TLS is on."""
-        return str(self.tls_certificate) if self.tls_certificate else True
+        return f"http://{self.host}:{self.http_port}"
 
     @property
     def dicomweb_url(self) -> str:
@@ -147,9 +138,6 @@ class OrthancServer:
         if self.python_script is not None:
             plugins.append(str(PYTHON_PLUGIN))
             config["PythonScript"] = str(self.python_script)
-        if self.tls_certificate is not None:
-            config["SslEnabled"] = True
-            config["SslCertificate"] = str(self.tls_certificate)
         config.update(self.extra_config)
         return config
 
@@ -182,7 +170,7 @@ class OrthancServer:
                 raise RuntimeError(f"Orthanc exited at start; see {self.log_path}:\n{self.log_tail()}")
             try:
                 # Any HTTP answer means the server is up (a plugin's filter may refuse it).
-                requests.get(f"{self.url}/system", auth=self.auth, timeout=1, verify=self.verify)
+                requests.get(f"{self.url}/system", auth=self.auth, timeout=1)
                 return
             except requests.RequestException:
                 pass
@@ -225,7 +213,6 @@ class OrthancServer:
             f"{self.url}{path}",
             auth=self.auth,
             timeout=30,
-            verify=self.verify,
             **kwargs,  # type: ignore[arg-type]
         )
         response.raise_for_status()

@@ -17,6 +17,7 @@ from typing import TypeVar
 import requests
 from dicomweb_client import DICOMwebClient
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from libra_node.config import Settings
 from libra_node.logs import get_logger
@@ -29,6 +30,7 @@ from libra_node.pacs.base import (
     PacsTlsError,
     PacsUnavailable,
 )
+from libra_node.pacs.encoding import as_part10
 from libra_node.pacs.query import (
     IMAGE_KEYS,
     SERIES_KEYS,
@@ -44,6 +46,20 @@ T = TypeVar("T")
 
 # Retrying may help: request timeout, too many requests, and server-side trouble.
 TRANSIENT_HTTP = frozenset({408, 425, 429})
+
+
+class _PacsSession(requests.Session):
+    """A session whose explicit TLS settings win over REQUESTS_CA_BUNDLE and friends.
+
+    requests lets those environment variables replace a session's ``verify``;
+    pacs.ca_bundle and pacs.verify_tls must mean what they say.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+        merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if self.verify is not True:
+            merged["verify"] = self.verify
+        return merged
 
 
 def _ignore_bulk_data(tag: object, vr: object, uri: object) -> None:
@@ -73,7 +89,7 @@ class DicomWebPacs(PacsClient):
         self.timeout = timeout
         self.auth_kind = "token" if token else "basic" if username else "none"
         self.peer = f"DICOMweb service {self.url}"
-        self.session = requests.Session()
+        self.session = _PacsSession()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         elif username:
@@ -164,7 +180,8 @@ class DicomWebPacs(PacsClient):
 
     def store(self, datasets: Sequence[Dataset]) -> None:
         operation = "STOW-RS"
-        answer = self._call(operation, lambda: self.client.store_instances(list(datasets)))
+        files = [as_part10(ds) for ds in datasets]
+        answer = self._call(operation, lambda: self.client.store_instances(files))
         failures = answer.get("FailedSOPSequence") or []
         if failures:
             reasons = sorted({int(item.get("FailureReason", 0x0110)) for item in failures})
@@ -196,6 +213,12 @@ class DicomWebPacs(PacsClient):
         except requests.ConnectionError:
             raise PacsUnavailable(
                 self.peer, operation, "cannot connect (connection refused or closed)"
+            ) from None
+        except InvalidDicomError:
+            # dicomweb-client reads only complete files (128-byte preamble,
+            # "DICM"); a PACS keeps what a careless STOW-RS client sent it.
+            raise PacsRejected(
+                self.peer, operation, "the PACS sent an instance that is not a complete DICOM file"
             ) from None
         except (ValueError, KeyError) as exc:
             # dicomweb-client's complaints about a malformed answer.

@@ -14,7 +14,6 @@ opening a study to report, and the instance is then read from the spool.
 
 from __future__ import annotations
 
-import copy
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -66,6 +65,7 @@ from libra_node.pacs.base import (
     PacsRejected,
     PacsUnavailable,
 )
+from libra_node.pacs.encoding import as_part10
 from libra_node.pacs.query import (
     IMAGE_KEYS,
     SEQUENCE_KEYS,
@@ -249,7 +249,7 @@ class DimsePacs(PacsClient):
 
     def store(self, datasets: Sequence[Dataset]) -> None:
         operation = "C-STORE"
-        prepared = [_with_transfer_syntax(ds) for ds in datasets]
+        prepared = [as_part10(ds) for ds in datasets]
         with self._associate(operation, _storage_contexts(prepared)) as session:
             for ds in prepared:
                 status = session.assoc.send_c_store(ds)
@@ -501,17 +501,6 @@ def _retrieve_contexts() -> list[PresentationContext]:
         contexts.append(build_context(sop_class, UNCOMPRESSED))
         contexts.extend(build_context(sop_class, syntax) for syntax in COMPRESSED)
     return contexts
-
-
-def _with_transfer_syntax(ds: Dataset) -> Dataset:
-    """The dataset itself, or a shallow copy that says how it is encoded."""
-    meta = getattr(ds, "file_meta", None)
-    if meta is not None and meta.get("TransferSyntaxUID"):
-        return ds
-    labelled = copy.copy(ds)
-    labelled.file_meta = copy.deepcopy(meta) if meta is not None else Dataset()  # type: ignore[assignment]
-    labelled.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    return labelled
 
 
 def _storage_contexts(datasets: Sequence[Dataset]) -> list[PresentationContext]:

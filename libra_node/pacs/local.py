@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from libra_node.ledger import Ledger, Study
 from libra_node.logs import get_logger
 from libra_node.pacs.base import PacsClient, PacsNotFound, PacsRejected
+from libra_node.pacs.encoding import as_part10
 from libra_node.selection import ImageFacts, StudyFacts
 from libra_node.spool import Spool, is_valid_uid
 
@@ -91,7 +92,7 @@ class LocalArchive(PacsClient):
             if not (is_valid_uid(study_uid) and is_valid_uid(sop_uid)):
                 raise PacsRejected(self.peer, operation, "object without valid study and SOP instance UIDs")
             buffer = io.BytesIO()
-            dcmwrite(buffer, ds, enforce_file_format=True)
+            dcmwrite(buffer, as_part10(ds), enforce_file_format=True)
             self.output.store(f"{study_uid}/{sop_uid}.dcm", buffer.getvalue())
         log.info("pacs.stored", transport="none", count=len(datasets))
 

@@ -66,12 +66,22 @@ def new_patient() -> Callable[..., SyntheticPatient]:
 # --- the node and its settings ------------------------------------------------------------
 
 
+@pytest.fixture
+def node_settings(make_settings: Callable[..., Settings]) -> Callable[..., Settings]:
+    """The shared test settings, without the metrics endpoint (nodes here need no fixed port)."""
+
+    def make(**sections: Any) -> Settings:
+        return make_settings(metrics={"port": 0}, **sections)
+
+    return make
+
+
 ARCHIVES = ["dimse-get", "dimse-move", "dicomweb", "local"]
 
 
 @pytest.fixture
 def open_archive(
-    orthanc: OrthancServer, make_settings: Callable[..., Settings], start_node: Callable[..., Node]
+    orthanc: OrthancServer, node_settings: Callable[..., Settings], start_node: Callable[..., Node]
 ) -> Iterator[Callable[..., Archive]]:
     """Open an archive by name ('dimse-get', 'dimse-move', 'dicomweb', 'local')."""
     opened: list[Archive] = []
@@ -82,7 +92,7 @@ def open_archive(
         pacs = pacs_section(orthanc, transport, **pacs_overrides)
         if retrieve:
             pacs["retrieve"] = retrieve
-        settings = make_settings(pacs=pacs)
+        settings = node_settings(pacs=pacs)
         node = start_node(settings)
         if retrieve == "move":
             orthanc.register_modality(Modality(NODE_MODALITY, NODE_AE, "127.0.0.1", node.listener.port))

@@ -200,8 +200,8 @@ def make_reported(node: Node, datasets: Sequence[Dataset]) -> tuple[str, int]:
     return study_uid, study.version
 
 
-def tls_certificate(folder: Path) -> Path:
-    """A self-signed certificate for 127.0.0.1, with its key, in one PEM file."""
+def tls_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key: (certificate, key)."""
     key, cert = folder / "key.pem", folder / "cert.pem"
     subprocess.run(
         [
@@ -212,6 +212,4 @@ def tls_certificate(folder: Path) -> Path:
         check=True,
         capture_output=True,
     )
-    bundle = folder / "orthanc.pem"
-    bundle.write_text(cert.read_text() + key.read_text())
-    return bundle
+    return cert, key
