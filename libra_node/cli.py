@@ -37,10 +37,24 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
 # --- serve -------------------------------------------------------------------
 
 
+def _share_metrics_between_processes(settings: Settings) -> None:
+    """One /metrics for the node and its worker children: prometheus_client's
+    multiprocess folder, set before prometheus_client is first imported."""
+    import os
+    import shutil
+
+    folder = settings.node.state_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, mode=0o700)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def _run_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _share_metrics_between_processes(settings)
     from libra_node.node import serve_until_signalled
 
-    return serve_until_signalled(_settings(args))
+    return serve_until_signalled(settings)
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +67,69 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     _add_config_option(parser)
     parser.set_defaults(handler=_run_serve)
+
+
+# --- worker ------------------------------------------------------------------
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from workers.launch import run_worker
+
+    settings = _settings(args)
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if settings.metrics.port and not __import__("os").environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from libra_node.ops_endpoint import OpsEndpoint, metrics_registry
+
+        OpsEndpoint(settings.metrics.host, settings.metrics.port, metrics_registry(), {}).start()
+    try:
+        return run_worker(settings, queues)
+    except ValueError as exc:
+        print(f"libra-node: {exc}", file=sys.stderr)
+        return 2
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "worker",
+        help="run a Celery worker for the io and/or gpu queue",
+        description="A Celery worker of the pipeline. --queues gpu loads the model once and "
+        "batches inference; --queues io looks up priors and delivers reports. Split "
+        "deployments run them on different hosts against the same Redis broker.",
+    )
+    parser.add_argument("--queues", default="gpu,io", help="comma-separated: gpu, io (default both)")
+    _add_config_option(parser)
+    parser.set_defaults(handler=_run_worker)
+
+
+# --- status ------------------------------------------------------------------
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import json
+
+    from libra_node.ledger import Ledger
+    from libra_node.status import collect_status, render_status
+    from workers.app import create_app, queue_depths
+
+    settings = _settings(args)
+    ledger = Ledger(settings.ledger_url)
+    status = collect_status(ledger, queue_depths(create_app(settings)))
+    ledger.close()
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "status",
+        help="studies per state, queue depths, recent failures",
+        description="What the node is doing: studies per state with the oldest in each, "
+        "messages waiting per queue, and the latest failures with their reasons. "
+        "Studies are named by a short digest, never by patient data.",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_config_option(parser)
+    parser.set_defaults(handler=_run_status)
 
 
 # --- config check ------------------------------------------------------------
@@ -234,6 +311,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_serve,
+    _add_worker,
+    _add_status,
     _add_config,
     _add_show,
     _add_demo,

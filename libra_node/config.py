@@ -121,6 +121,9 @@ class BrokerSettings(Section):
     # Re-queue a study stuck in an intermediate state longer than this.
     stuck_after_seconds: float = Field(300.0, gt=0)
     reconcile_every_seconds: float = Field(30.0, gt=0)
+    # Should `serve` run io and gpu workers as its own child processes?
+    # Empty: only with the embedded broker (one process tree, no server).
+    spawn_workers: bool | None = None
 
 
 class ModelSettings(Section):
@@ -206,6 +209,12 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return self.node.state_dir / "broker"
+
+    @property
+    def spawns_workers(self) -> bool:
+        if self.broker.spawn_workers is not None:
+            return self.broker.spawn_workers
+        return not self.broker.url
 
     @property
     def vision_path(self) -> Path | None:

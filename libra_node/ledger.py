@@ -70,6 +70,8 @@ studies = sa.Table(
     sa.Column("prior_reason", sa.Text, nullable=False, default=""),
     # Result: the SR of the latest version, and when it reached the PACS.
     sa.Column("sr_sop_uid", sa.String(64), nullable=False, default=""),
+    sa.Column("sr_series_uid", sa.String(64), nullable=False, default=""),
+    sa.Column("sr_sop_class_uid", sa.String(64), nullable=False, default=""),
     sa.Column("sr_version", sa.Integer, nullable=False, default=0),
     sa.Column("delivered_at", sa.Float),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -180,6 +182,8 @@ class Study:
     prior_study_date: str
     prior_reason: str
     sr_sop_uid: str
+    sr_series_uid: str
+    sr_sop_class_uid: str
     sr_version: int
     delivered_at: float | None
     attempts: int
@@ -469,6 +473,59 @@ class Ledger:
         counts = {state.value: 0 for state in StudyState}
         counts.update({state: count for state, count in rows})
         return counts
+
+    def oldest_by_state(self) -> dict[str, float]:
+        """For each state, when its longest-waiting study entered it."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(studies.c.state, sa.func.min(studies.c.state_changed_at)).group_by(
+                    studies.c.state
+                )
+            ).all()
+        return {state: at for state, at in rows}
+
+    def recent_failures(self, limit: int = 10) -> list[Study]:
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(studies)
+                .where(studies.c.state == StudyState.FAILED.value)
+                .order_by(studies.c.state_changed_at.desc())
+                .limit(limit)
+            ).all()
+        return [Study.from_row(row) for row in rows]
+
+    def stuck_studies(self, states: Sequence[StudyState], older_than: float) -> list[Study]:
+        """Studies that entered one of ``states`` before ``older_than`` and are still there."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(studies).where(
+                    studies.c.state.in_([s.value for s in states]),
+                    studies.c.state_changed_at < older_than,
+                )
+            ).all()
+        return [Study.from_row(row) for row in rows]
+
+    def touch(
+        self, study_uid: str, version: int, state: StudyState, reason: str, attempt: bool = False
+    ) -> bool:
+        """Note progress on a study without changing its state (resets its stuck clock).
+
+        ``attempt`` counts one more try at the study (the reconciler's re-queues).
+        """
+        values: dict[str, Any] = {"state_changed_at": time.time(), "state_reason": reason}
+        if attempt:
+            values["attempts"] = studies.c.attempts + 1
+        with self.transaction() as connection:
+            result = connection.execute(
+                studies.update()
+                .where(
+                    studies.c.study_uid == study_uid,
+                    studies.c.version == version,
+                    studies.c.state == state.value,
+                )
+                .values(**values)
+            )
+        return result.rowcount == 1
 
     def events_of(self, study_uid: str) -> list[tuple[int, str, str, float]]:
         """(version, state, reason, at) for every state change, oldest first."""

@@ -49,10 +49,26 @@ class NodeMetrics:
         )
         self.stage_seconds = Histogram(
             "libra_stage_seconds",
-            "Time spent per pipeline stage",
+            "Time per pipeline stage: receive_to_complete, complete_to_queued, prepare, "
+            "queue_wait, inference, delivery, last_image_to_delivered",
             ["stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
+        )
+        self.retries = Counter(
+            "libra_retries", "Retried attempts after transient faults", ["stage"], registry=r
+        )
+        self.batch_size = Histogram(
+            "libra_inference_batch_size", "Studies per inference batch",
+            buckets=(1, 2, 4, 8, 16, 32), registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            "libra_model_load_seconds", "Time the gpu worker took to load the model",
+            multiprocess_mode="max", registry=r,
+        )
+        self.gpu_memory_bytes = Gauge(
+            "libra_gpu_memory_bytes", "Peak GPU memory allocated by the model",
+            multiprocess_mode="livemax", registry=r,
         )
 
 

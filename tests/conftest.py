@@ -31,6 +31,7 @@ def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SettingsFa
         base = {
             "node": {"state_dir": tmp_path / "state", "log_format": "text"},
             "listener": {"port": 0, "quiet_seconds": 0.5, "stable_seconds": 5.0, "min_free_bytes": 0},
+            "metrics": {"port": 0},
         }
         return load_settings(None, **_merge(base, sections))
 
