@@ -188,16 +188,22 @@ def _run_demo(args: argparse.Namespace) -> int:
     from libra_node.demo import run_demo
 
     configure_logging("WARNING", "text")
-    return run_demo(keep=args.keep)
+    return run_demo(pacs=args.pacs, output_dir=args.out, model_path=args.model, keep=args.keep)
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "demo",
         help="run the whole flow on this machine with a made-up patient",
-        description="Start a node in a temporary folder, send a synthetic prior and "
-        "current chest study by C-STORE and follow the current study through the node.",
+        description="Start a node in a temporary folder (embedded broker, io and gpu workers), "
+        "send a synthetic prior and current chest study by C-STORE, wait for the draft SR, "
+        "print it and copy it to --out. Without --model it writes an untrained demo "
+        "checkpoint: the findings are meaningless.",
     )
+    parser.add_argument("--pacs", choices=["none", "orthanc"], default="none",
+                        help="orthanc: start a local Orthanc as the PACS (needs the Debian package)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="where the SR is copied")
+    parser.add_argument("--model", type=Path, help="a real checkpoint folder instead of the demo one")
     parser.add_argument("--keep", action="store_true", help="keep the temporary state folder")
     parser.set_defaults(handler=_run_demo)
 

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,22 @@ def run_worker(settings: Settings, queues: list[str]) -> int:
     if unknown:
         raise ValueError(f"unknown queue(s): {', '.join(sorted(unknown))}; use io and/or gpu")
     app = create_app(settings)
+    _warn_once_if_root()
     if GPU_QUEUE in queues:
         from workers.gpu import start_gpu_runtime
 
         start_gpu_runtime(settings)
     app.worker_main(worker_argv(queues, settings.model.max_batch))
     return 0
+
+
+def _warn_once_if_root() -> None:
+    """One structured line instead of Celery's multi-line warning on every start."""
+    from celery.exceptions import SecurityWarning
+
+    warnings.filterwarnings("ignore", category=SecurityWarning)
+    if os.geteuid() == 0:
+        log.warning("worker.running_as_root", advice="run the node under its own user")
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -86,7 +97,12 @@ def spawn_worker(settings: Settings, queues: list[str], extra_env: dict[str, str
     command = [sys.executable, "-m", "libra_node", "worker", "--queues", ",".join(queues)]
     log.info("worker.spawning", queues=",".join(queues))
     return subprocess.Popen(
-        command, env=environment, cwd=str(Path.cwd()), preexec_fn=_die_with_parent
+        command,
+        env=environment,
+        cwd=str(Path.cwd()),
+        preexec_fn=_die_with_parent,
+        # Celery prints its banner and shutdown notes on stdout; logs go to stderr.
+        stdout=subprocess.DEVNULL,
     )
 
 
