@@ -134,18 +134,18 @@ class DicomWebPacs(PacsClient):
             filters["ModalitiesInStudy"] = ",".join(sorted({m.upper() for m in modalities}))
         answers = self._call(
             "QIDO-RS study search",
-            lambda: self.client.search_for_studies(search_filters=filters, fields=list(STUDY_KEYS)),
+            lambda: _from_json(self.client.search_for_studies(search_filters=filters, fields=list(STUDY_KEYS))),
             not_found="check that pacs.url is the DICOMweb root (for Orthanc: .../dicom-web)",
         )
-        return [study_facts(answer, patient_id) for answer in _from_json(answers)]
+        return [study_facts(answer, patient_id) for answer in answers]
 
     def find_images(self, study_uid: str) -> list[ImageFacts]:
         series_answers = self._call(
             "QIDO-RS series search",
-            lambda: self.client.search_for_series(study_uid, fields=list(SERIES_KEYS)),
+            lambda: _from_json(self.client.search_for_series(study_uid, fields=list(SERIES_KEYS))),
         )
         images: list[ImageFacts] = []
-        for series in _from_json(series_answers):
+        for series in series_answers:
             images.extend(
                 image_facts(image, series, study_uid)
                 for image in self._series_images(study_uid, series)
@@ -160,16 +160,16 @@ class DicomWebPacs(PacsClient):
         """
         series_uid = str(series.get("SeriesInstanceUID", ""))
         if str(series.get("Modality", "")).upper() in RADIOGRAPH_MODALITIES:
-            answers = self._call(
+            return self._call(
                 "WADO-RS series metadata",
-                lambda: self.client.retrieve_series_metadata(study_uid, series_uid),
+                lambda: _from_json(self.client.retrieve_series_metadata(study_uid, series_uid)),
             )
-        else:
-            answers = self._call(
-                "QIDO-RS instance search",
-                lambda: self.client.search_for_instances(study_uid, series_uid, fields=list(IMAGE_KEYS)),
-            )
-        return _from_json(answers)
+        return self._call(
+            "QIDO-RS instance search",
+            lambda: _from_json(
+                self.client.search_for_instances(study_uid, series_uid, fields=list(IMAGE_KEYS))
+            ),
+        )
 
     def fetch_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         return self._call(
@@ -220,8 +220,8 @@ class DicomWebPacs(PacsClient):
             raise PacsRejected(
                 self.peer, operation, "the PACS sent an instance that is not a complete DICOM file"
             ) from None
-        except (ValueError, KeyError) as exc:
-            # dicomweb-client's complaints about a malformed answer.
+        except (ValueError, KeyError, TypeError) as exc:
+            # A malformed answer: not DICOM JSON, not multipart, not what was asked.
             raise PacsRejected(
                 self.peer, operation, f"unexpected answer ({type(exc).__name__})"
             ) from None

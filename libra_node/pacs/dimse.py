@@ -111,6 +111,11 @@ def _is_success_or_warning(code: int) -> bool:
     return code == 0x0000 or code in (0x0001, 0x0107, 0x0116) or 0xB000 <= code <= 0xBFFF
 
 
+def _is_transient(code: int) -> bool:
+    """Out of resources (0xA7xx) or a resource limitation: worth trying again later."""
+    return 0xA700 <= code <= 0xA7FF or code == 0x0213
+
+
 @dataclass
 class AssociationWatch:
     """EVT_ACSE_RECV handler: what the PACS said at the association level."""
@@ -292,9 +297,13 @@ class DimsePacs(PacsClient):
                 code = self._retrieve(operation, responses, session)
         finally:
             self.ledger.end_retrieval(study_uid)
+        # The listener recorded the instance before acknowledging it, and the
+        # PACS answers the C-MOVE only after that acknowledgement.
         instance = self.ledger.get_instance(sop_uid)
-        if instance is None or not self.spool.path(instance.file_path).exists():
+        arrived = instance is not None and self.spool.path(instance.file_path).exists()
+        if not (arrived and _is_success_or_warning(code)):
             raise self._nothing_retrieved(operation, code, QR_MOVE_SERVICE_CLASS_STATUS, query)
+        assert instance is not None
         log.info("pacs.moved", study=phi_hash(study_uid))
         return dcmread(self.spool.path(instance.file_path))
 
@@ -317,15 +326,14 @@ class DimsePacs(PacsClient):
     ) -> PacsError:
         """Why the requested instance did not arrive, as precisely as the PACS lets us tell."""
         detail = f"DICOM status 0x{code:04X} ({status_meaning(code, statuses)})"
-        if 0xA700 <= code <= 0xA7FF or code in (0x0124, 0xA801):
+        if code == 0xA801 or _is_transient(code):
             return self._failure(operation, code, statuses)
         # Many PACSes (Orthanc among them) answer a generic 0xC000 both for a
         # missing instance and for a destination they cannot send to: ask.
-        exists = bool(self._find("C-FIND (image level)", _instance_query(
-            query.StudyInstanceUID, query.SeriesInstanceUID, query.SOPInstanceUID
-        )))
-        if not exists:
-            return PacsNotFound(self.peer, operation, f"{detail}; the PACS has no such instance", dicom_status=code)
+        if not self._find("C-FIND (image level)", query):
+            return PacsNotFound(
+                self.peer, operation, f"{detail}; the PACS has no such instance", dicom_status=code
+            )
         if self.retrieve == "move":
             return PacsMoveDestinationUnknown(
                 self.peer, operation, f"{detail}; {self._register_hint()}", dicom_status=code
@@ -458,18 +466,11 @@ class DimsePacs(PacsClient):
         comment = str(status.get("ErrorComment", "")) if status is not None else ""
         if comment:
             detail += f": {_UID_IN_TEXT.sub('<uid>', comment)}"
-        if 0xA700 <= code <= 0xA7FF or code == 0x0213:
+        if _is_transient(code):
             return PacsUnavailable(self.peer, operation, detail, dicom_status=code)
         if code == 0xA801:
             return PacsMoveDestinationUnknown(
                 self.peer, operation, f"{detail}; {self._register_hint()}", dicom_status=code
-            )
-        if code == 0x0124:
-            return PacsAccessDenied(
-                self.peer,
-                operation,
-                f"{detail}; allow AE title {self.calling_ae_title} in the PACS",
-                dicom_status=code,
             )
         return PacsRejected(self.peer, operation, detail, dicom_status=code)
 

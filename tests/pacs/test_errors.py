@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 import requests
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 from dicomweb_client import DICOMwebClient
 
 from libra_node.config import Settings
@@ -37,7 +39,7 @@ from libra_node.prior import find_prior
 from libra_node.synthetic import SyntheticPatient, make_secondary_capture, SyntheticStudy
 from orthanc_server import Modality, OrthancServer
 from pacs.dcmqrscp_server import DcmQrScp
-from pacs.tls_proxy import TlsFrontDoor
+from pacs.relays import StallingRelay, TlsFrontDoor
 from pacs.testdata import (
     NODE_AE,
     ORTHANC_AE,
@@ -52,7 +54,9 @@ from dicom_tools import free_port, send_with_pynetdicom
 
 NewPatient = Callable[..., SyntheticPatient]
 
-TOKEN_FILTER = '''
+PLUGIN_SCRIPT = '''
+import json
+
 import orthanc
 
 TOKEN = "{token}"
@@ -66,9 +70,21 @@ def busy(output, uri, **request):
     output.SendHttpStatusCode(503)
 
 
+def stow_partly_failed(output, uri, **request):
+    # 200 with a FailedSOPSequence: the PACS took the request but not every object.
+    failed = {{
+        "00081150": {{"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.11"]}},
+        "00081155": {{"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.1"]}},
+        "00081197": {{"vr": "US", "Value": [int(request["groups"][0], 16)]}},
+    }}
+    answer = {{"00081198": {{"vr": "SQ", "Value": [failed]}}}}
+    output.AnswerBuffer(json.dumps(answer), "application/dicom+json")
+
+
 orthanc.RegisterIncomingHttpRequestFilter(only_with_token)
-# A DICOMweb root that answers "503 Service Unavailable", as an overloaded PACS does.
+# DICOMweb roots that fail the way some PACSes do: overloaded, or storing only part of a request.
 orthanc.RegisterRestCallback("/busy/dicom-web/(.*)", busy)
+orthanc.RegisterRestCallback("/stow-fails-([0-9A-F]{{4}})/dicom-web/studies", stow_partly_failed)
 '''
 
 
@@ -83,10 +99,10 @@ def token() -> str:
 
 @pytest.fixture(scope="module")
 def token_orthanc(tmp_path_factory: pytest.TempPathFactory, token: str) -> Iterator[OrthancServer]:
-    """Orthanc that takes a bearer token instead of basic credentials (Python plugin filter)."""
+    """Orthanc that takes a bearer token instead of basic credentials, and fails on request (Python plugin)."""
     folder = tmp_path_factory.mktemp("token-orthanc")
-    script = folder / "token_filter.py"
-    script.write_text(TOKEN_FILTER.format(token=token))
+    script = folder / "pacs_plugin.py"
+    script.write_text(PLUGIN_SCRIPT.format(token=token))
     server = OrthancServer(folder, python_script=script, extra_config={"AuthenticationEnabled": False})
     server.start()
     yield server
@@ -205,6 +221,50 @@ def test_a_hung_dimse_peer_times_out(hung_pacs: int) -> None:
     assert time.monotonic() - started < 3
 
 
+def test_a_pacs_that_hangs_in_the_middle_of_an_operation_times_out(orthanc: OrthancServer) -> None:
+    relay = StallingRelay((orthanc.host, orthanc.dicom_port))
+    relay.start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(PacsUnavailable, match=r"C-ECHO .* no answer within 0\.5 s, or the connection was lost"):
+            dimse(relay.port, timeout=0.5).echo()
+        assert time.monotonic() - started < 3
+    finally:
+        relay.stop()
+
+
+def test_a_pacs_at_its_association_limit_is_transient(node_as_pacs: Callable[..., Node]) -> None:
+    pacs = node_as_pacs(max_associations=1)
+    holder = AE(ae_title="HOLDER")
+    holder.add_requested_context(Verification)
+    held = holder.associate("127.0.0.1", pacs.listener.port, ae_title=NODE_AE)
+    assert held.is_established
+    try:
+        with pytest.raises(PacsUnavailable, match="association rejected for now") as busy:
+            dimse(pacs.listener.port, called=NODE_AE).echo()
+    finally:
+        held.release()
+    assert busy.value.transient
+
+
+def test_an_association_rejected_for_no_given_reason_says_so(node_as_pacs: Callable[..., Node]) -> None:
+    pacs = node_as_pacs(allowed_hosts=["10.0.0.0/8"])  # not us
+    with pytest.raises(PacsRejected, match=r"association rejected \(Rejected Permanent, Service User: No reason given\)"):
+        dimse(pacs.listener.port, called=NODE_AE).echo()
+
+
+def test_a_store_the_pacs_refuses_names_the_status_and_its_comment(
+    node_as_pacs: Callable[..., Node], new_patient: NewPatient
+) -> None:
+    pacs = node_as_pacs()
+    report = draft_report(chest_study(new_patient(), "2026-12-01"))
+    del report.StudyInstanceUID
+    with pytest.raises(PacsRejected) as refused:
+        dimse(pacs.listener.port, called=NODE_AE).store([report])
+    assert refused.value.dicom_status == 0xC001 and not refused.value.transient
+    assert str(refused.value).endswith("DICOM status 0xC001 (Failure: Cannot Understand): StudyInstanceUID is missing")
+
+
 def test_fetching_a_missing_instance_says_not_found(archive: Archive, new_patient: NewPatient) -> None:
     study = chest_study(new_patient(), "2026-11-01")
     archive.seed(study)
@@ -318,6 +378,27 @@ def test_http_503_is_transient(token_orthanc: OrthancServer, token: str) -> None
         client.find_studies("ANYONE")
     assert busy.value.transient and busy.value.http_status == 503
     assert "HTTP 503 Service Unavailable: the PACS is busy or failing" in str(busy.value)
+
+
+@pytest.mark.parametrize(("reason", "expected"), [("A700", PacsUnavailable), ("0110", PacsRejected)])
+def test_a_stow_that_stores_only_part_of_the_request_says_what_failed(
+    token_orthanc: OrthancServer, token: str, new_patient: NewPatient, reason: str, expected: type
+) -> None:
+    report = draft_report(chest_study(new_patient(), "2026-12-01"))
+    client = DicomWebPacs(f"{token_orthanc.url}/stow-fails-{reason}/dicom-web", token=token)
+    with pytest.raises(expected) as failed:
+        client.store([report])
+    assert failed.value.dicom_status == int(reason, 16)
+    assert str(failed.value).endswith(f"1 of 1 objects not stored (failure reasons 0x{reason})")
+
+
+def test_an_answer_that_is_not_dicom_json_is_refused_in_plain_words(
+    orthanc: OrthancServer, new_patient: NewPatient
+) -> None:
+    orthanc.upload(chest_study(new_patient(), "2026-11-01"))  # so that the wrong URL answers something
+    client = DicomWebPacs(orthanc.url, username=orthanc.username, password=orthanc.password)  # REST root
+    with pytest.raises(PacsRejected, match=r"QIDO-RS study search .* unexpected answer \(JSONDecodeError\)"):
+        client.find_studies("ANYONE")
 
 
 def test_a_url_that_is_not_a_dicomweb_root_says_so(orthanc: OrthancServer) -> None:

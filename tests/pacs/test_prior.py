@@ -146,6 +146,38 @@ def test_a_lateral_only_study_is_passed_over_for_an_older_frontal_one(
     )
 
 
+def test_a_prior_without_a_frontal_view_is_passed_over_with_its_reason(
+    archive: Archive, new_patient: NewPatient
+) -> None:
+    patient = new_patient()
+    current = chest_study(patient, "2026-12-01")
+    oblique = chest_study(patient, "2026-10-01", views=("OBL",))
+    seed(archive, current, oblique)
+
+    result = find_prior(archive.client, facts_of(current))
+
+    assert not result.found and result.reason == "earlier study has no frontal view"
+
+
+def test_when_every_earlier_study_is_unusable_each_reason_is_given(
+    archive: Archive, new_patient: NewPatient
+) -> None:
+    patient = new_patient()
+    current = chest_study(patient, "2026-12-01")
+    lateral = chest_study(patient, "2026-10-01", views=("LL",))
+    knee = chest_study(patient, "2026-08-01", views=("AP",), modality="CR", body_part="KNEE",
+                       study_description="XR KNEE")
+    seed(archive, current, lateral, knee)
+
+    result = find_prior(archive.client, facts_of(current))
+
+    assert not result.found
+    assert result.reason == (
+        "no usable earlier chest radiograph (earlier study has lateral views only; "
+        "earlier study is not a chest radiograph: radiograph but not of the chest (body part KNEE))"
+    )
+
+
 def test_another_patient_with_the_same_name_is_not_a_prior(
     archive: Archive, new_patient: NewPatient
 ) -> None:
