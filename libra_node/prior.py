@@ -25,6 +25,7 @@ from libra_node.pacs.base import PacsClient
 from libra_node.selection import (
     RADIOGRAPH_IMAGE_CLASSES,
     RADIOGRAPH_MODALITIES,
+    FrontalChoice,
     ImageFacts,
     StudyFacts,
     choose_frontal,
@@ -74,13 +75,10 @@ def find_prior(pacs: PacsClient, current: StudyFacts) -> PriorResult:
     candidates = rank_prior_candidates(current, found)
     passed_over: list[PassedOver] = []
     for study in candidates.ranked:
-        images = pacs.find_images(study.study_instance_uid)
-        problem = _unusable(images, study)
-        if problem:
+        frontal, problem = _frontal_image(pacs.find_images(study.study_instance_uid), study)
+        if frontal is None:
             passed_over.append(PassedOver(study, problem))
             continue
-        frontal = choose_frontal(images)
-        assert frontal is not None  # _unusable checked it
         image = pacs.fetch_instance(
             frontal.image.study_instance_uid,
             frontal.image.series_instance_uid,
@@ -101,13 +99,14 @@ def find_prior(pacs: PacsClient, current: StudyFacts) -> PriorResult:
     return PriorResult(None, None, None, "", reason, tuple(passed_over))
 
 
-def _unusable(images: list[ImageFacts], study: StudyFacts) -> str:
-    """Why an earlier study cannot be the prior; empty when it can."""
+def _frontal_image(images: list[ImageFacts], study: StudyFacts) -> tuple[FrontalChoice | None, str]:
+    """The earlier study's frontal image, or None and why it cannot be the prior."""
     classification = classify_study(images, study.study_description)
     if not classification.is_chest_radiograph:
-        return f"earlier study is not a chest radiograph: {classification.reason}"
-    if choose_frontal(images) is not None:
-        return ""
+        return None, f"earlier study is not a chest radiograph: {classification.reason}"
+    frontal = choose_frontal(images)
+    if frontal is not None:
+        return frontal, ""
     views = {
         image_view(image)[0]
         for image in images
@@ -115,8 +114,8 @@ def _unusable(images: list[ImageFacts], study: StudyFacts) -> str:
         and image.modality.upper() in RADIOGRAPH_MODALITIES
     }
     if views == {"lateral"}:
-        return "earlier study has lateral views only"
-    return "earlier study has no frontal view"
+        return None, "earlier study has lateral views only"
+    return None, "earlier study has no frontal view"
 
 
 def _chosen_reason(study: StudyFacts, passed_over: list[PassedOver]) -> str:

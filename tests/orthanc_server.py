@@ -31,14 +31,19 @@ from pydicom.dataset import Dataset
 
 from dicom_tools import free_port
 
-ORTHANC_BINARY = "Orthanc"
 PLUGIN_FOLDER = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGIN_FOLDER / "libOrthancDicomWeb.so"
 PYTHON_PLUGIN = PLUGIN_FOLDER / "libOrthancPython.so"
 
 
+def orthanc_binary() -> str | None:
+    """The Debian package's executable (in /usr/sbin, which may not be on PATH)."""
+    found = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    return found if os.access(found, os.X_OK) else None
+
+
 def orthanc_available() -> bool:
-    return shutil.which(ORTHANC_BINARY) is not None and DICOMWEB_PLUGIN.is_file()
+    return orthanc_binary() is not None and DICOMWEB_PLUGIN.is_file()
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class OrthancServer:
         modalities: Iterable[Modality] = (),
         stable_age: int = 60,
         python_script: Path | None = None,
+        environment: dict[str, str] | None = None,
         extra_config: dict[str, object] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
@@ -77,6 +83,9 @@ class OrthancServer:
         self.modalities = list(modalities)
         self.stable_age = stable_age
         self.python_script = python_script
+        # Extra environment for the process; the Python plugin runs Debian's own
+        # Python, so a script that imports the node's packages needs PYTHONPATH here.
+        self.environment = dict(environment or {})
         self.extra_config = dict(extra_config or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
@@ -154,11 +163,11 @@ class OrthancServer:
         (self.workdir / "tmp").mkdir(exist_ok=True)
         log = self.log_path.open("ab")
         self._process = subprocess.Popen(
-            [ORTHANC_BINARY, str(self.config_path)],
+            [orthanc_binary() or "Orthanc", str(self.config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
-            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **self.environment},
         )
         log.close()
         self._wait_until_ready(timeout)

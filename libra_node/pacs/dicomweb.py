@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -46,6 +47,12 @@ T = TypeVar("T")
 
 # Retrying may help: request timeout, too many requests, and server-side trouble.
 TRANSIENT_HTTP = frozenset({408, 425, 429})
+# What to tell the admin when the PACS answers 401 or 403, by what the node sent.
+CREDENTIAL_FIXES = {
+    "token": "check pacs.token",
+    "basic": "check pacs.username and pacs.password",
+    "none": "the PACS requires credentials: set pacs.username and pacs.password, or pacs.token",
+}
 
 
 class _PacsSession(requests.Session):
@@ -60,6 +67,16 @@ class _PacsSession(requests.Session):
         if self.verify is not True:
             merged["verify"] = self.verify
         return merged
+
+
+def _without_credentials(url: str) -> str:
+    """The URL as messages may show it: no user:password@ part."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _ignore_bulk_data(tag: object, vr: object, uri: object) -> None:
@@ -88,7 +105,7 @@ class DicomWebPacs(PacsClient):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.auth_kind = "token" if token else "basic" if username else "none"
-        self.peer = f"DICOMweb service {self.url}"
+        self.peer = f"DICOMweb service {_without_credentials(self.url)}"
         self.session = _PacsSession()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
@@ -233,9 +250,7 @@ class DicomWebPacs(PacsClient):
         reason = response.reason if response is not None else ""
         detail = f"HTTP {code} {reason}".rstrip()
         if code in (401, 403):
-            fix = "check pacs.token" if self.auth_kind == "token" else "check pacs.username and pacs.password"
-            if self.auth_kind == "none":
-                fix = "the PACS requires credentials: set pacs.username and pacs.password, or pacs.token"
+            fix = CREDENTIAL_FIXES[self.auth_kind]
             return PacsAccessDenied(
                 self.peer, operation, f"{detail}: the PACS refused the credentials; {fix}", http_status=code
             )

@@ -10,11 +10,10 @@ again for the next one.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pydicom.dataset import Dataset
 
 from dicom_tools import free_port
 from libra_node.config import Settings

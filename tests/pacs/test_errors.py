@@ -56,14 +56,15 @@ NewPatient = Callable[..., SyntheticPatient]
 
 PLUGIN_SCRIPT = '''
 import json
+import os
 
 import orthanc
 
-TOKEN = "{token}"
+TOKEN = os.environ["LIBRA_TEST_TOKEN"]
 
 
 def only_with_token(uri, **request):
-    return request.get("headers", {{}}).get("authorization") == "Bearer " + TOKEN
+    return request.get("headers", {}).get("authorization") == "Bearer " + TOKEN
 
 
 def busy(output, uri, **request):
@@ -72,19 +73,19 @@ def busy(output, uri, **request):
 
 def stow_partly_failed(output, uri, **request):
     # 200 with a FailedSOPSequence: the PACS took the request but not every object.
-    failed = {{
-        "00081150": {{"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.11"]}},
-        "00081155": {{"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.1"]}},
-        "00081197": {{"vr": "US", "Value": [int(request["groups"][0], 16)]}},
-    }}
-    answer = {{"00081198": {{"vr": "SQ", "Value": [failed]}}}}
+    failed = {
+        "00081150": {"vr": "UI", "Value": ["1.2.840.10008.5.1.4.1.1.88.11"]},
+        "00081155": {"vr": "UI", "Value": ["1.2.826.0.1.3680043.8.498.1"]},
+        "00081197": {"vr": "US", "Value": [int(request["groups"][0], 16)]},
+    }
+    answer = {"00081198": {"vr": "SQ", "Value": [failed]}}
     output.AnswerBuffer(json.dumps(answer), "application/dicom+json")
 
 
 orthanc.RegisterIncomingHttpRequestFilter(only_with_token)
 # DICOMweb roots that fail the way some PACSes do: overloaded, or storing only part of a request.
 orthanc.RegisterRestCallback("/busy/dicom-web/(.*)", busy)
-orthanc.RegisterRestCallback("/stow-fails-([0-9A-F]{{4}})/dicom-web/studies", stow_partly_failed)
+orthanc.RegisterRestCallback("/stow-fails-([0-9A-F]{4})/dicom-web/studies", stow_partly_failed)
 '''
 
 
@@ -102,8 +103,13 @@ def token_orthanc(tmp_path_factory: pytest.TempPathFactory, token: str) -> Itera
     """Orthanc that takes a bearer token instead of basic credentials, and fails on request (Python plugin)."""
     folder = tmp_path_factory.mktemp("token-orthanc")
     script = folder / "pacs_plugin.py"
-    script.write_text(PLUGIN_SCRIPT.format(token=token))
-    server = OrthancServer(folder, python_script=script, extra_config={"AuthenticationEnabled": False})
+    script.write_text(PLUGIN_SCRIPT)
+    server = OrthancServer(
+        folder,
+        python_script=script,
+        environment={"LIBRA_TEST_TOKEN": token},
+        extra_config={"AuthenticationEnabled": False},
+    )
     server.start()
     yield server
     server.stop()
@@ -350,6 +356,14 @@ def test_wrong_credentials_are_named_without_echoing_them(orthanc: OrthancServer
         f"QIDO-RS study search with DICOMweb service {orthanc.dicomweb_url} failed: HTTP 401 Unauthorized: "
         "the PACS refused the credentials; check pacs.username and pacs.password"
     )
+
+
+def test_credentials_written_into_the_url_never_reach_a_message(orthanc: OrthancServer) -> None:
+    url = f"http://{orthanc.username}:wrong-secret@127.0.0.1:{orthanc.http_port}/dicom-web"
+    with pytest.raises(PacsAccessDenied) as refused:
+        DicomWebPacs(url).echo()
+    assert "wrong-secret" not in str(refused.value) and orthanc.username not in str(refused.value)
+    assert f"DICOMweb service http://127.0.0.1:{orthanc.http_port}/dicom-web" in str(refused.value)
 
 
 def test_missing_credentials_say_which_settings_to_give(orthanc: OrthancServer) -> None:
