@@ -11,6 +11,7 @@ URL: its path and query hold UIDs and patient IDs.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,9 @@ from libra_node.pacs.query import (
 from libra_node.selection import RADIOGRAPH_MODALITIES, ImageFacts, StudyFacts
 
 log = get_logger(__name__)
+# dicomweb-client logs request URLs and search filters (UIDs, patient IDs) at
+# INFO and DEBUG: keep it to warnings whatever the node's own log level.
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 

@@ -6,6 +6,7 @@ the transport. The current date is 2026-12-01 unless a test says otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -21,6 +22,7 @@ from pacs.testdata import (
     Archive,
     chest_study,
     compressed_chest_study,
+    draft_report,
     facts_of,
     scanned_document_study,
     send_to_node,
@@ -337,3 +339,25 @@ def test_a_prior_fetched_by_c_move_is_kept_but_never_reported(
     archive.node.monitor.check_once()
     row = archive.ledger.get_study(prior_uid)
     assert row is not None and (row.state, row.state_reason) == (StudyState.SKIPPED, RETRIEVED_REASON)
+
+
+def test_lookup_and_delivery_log_no_patient_data(
+    archive: Archive, new_patient: NewPatient, caplog: pytest.LogCaptureFixture
+) -> None:
+    patient = new_patient(name="Secret^Name")
+    current = chest_study(patient, "2026-12-01")
+    prior = chest_study(patient, "2026-11-01")
+    seed(archive, current, prior)
+    identifiers = {patient.patient_id, "Secret", *sop_uids(current + prior)}
+    identifiers |= {str(ds.StudyInstanceUID) for ds in current + prior}
+
+    with caplog.at_level(logging.DEBUG):
+        result = find_prior(archive.client, facts_of(current))
+        archive.client.store([draft_report(current)])
+
+    assert result.found
+    ours = [r for r in caplog.records if r.name.startswith(("libra_node", "dicomweb_client"))]
+    assert any(r.name == "libra_node.prior" for r in ours)  # the lookup did log
+    for record in ours:
+        text = record.getMessage() + " " + " ".join(map(str, getattr(record, "fields", {}).values()))
+        assert not [i for i in identifiers if i in text], record.name
