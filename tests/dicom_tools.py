@@ -95,3 +95,18 @@ def associate_result(
         primitive = assoc.acceptor.primitive
         rejection = (primitive.result, primitive.result_source, primitive.diagnostic)
     return False, rejection
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+def evidence_uids(sr: Dataset, keyword: str) -> set[str]:
+    """SOP Instance UIDs listed in an SR evidence sequence."""
+    return {
+        str(instance.ReferencedSOPInstanceUID)
+        for study in sr.get(keyword, [])
+        for series in study.ReferencedSeriesSequence
+        for instance in series.ReferencedSOPSequence
+    }
