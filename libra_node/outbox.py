@@ -186,7 +186,9 @@ class Outbox:
                     self._attempt(pacs, item, now, report)
         return report
 
-    def _attempt(self, pacs: PacsClient, item: OutboxItem, now: float, report: DeliveryReport) -> None:
+    def _attempt(
+        self, pacs: PacsClient, item: OutboxItem, now: float, report: DeliveryReport
+    ) -> None:
         try:
             ds = self.dataset(item)
         except (OSError, InvalidDicomError) as exc:
@@ -222,7 +224,9 @@ class Outbox:
             # the stored object is harmless, the ledger row is theirs.
             log.warning("outbox.delivered_but_study_moved_on", study=phi_hash(item.study_uid))
 
-    def _retry_or_give_up(self, item: OutboxItem, error: str, now: float, report: DeliveryReport) -> None:
+    def _retry_or_give_up(
+        self, item: OutboxItem, error: str, now: float, report: DeliveryReport
+    ) -> None:
         if now >= item.deadline_at:
             self._give_up(item, error, now, report)
             return
@@ -254,7 +258,9 @@ class Outbox:
             version=item.version,
             now=now,
         )
-        log.error("outbox.failed", study=phi_hash(item.study_uid), attempts=item.attempts, error=error)
+        log.error(
+            "outbox.failed", study=phi_hash(item.study_uid), attempts=item.attempts, error=error
+        )
 
     @contextmanager
     def _exclusive(self) -> Iterator[bool]:

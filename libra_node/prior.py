@@ -85,7 +85,12 @@ def find_prior(pacs: PacsClient, current: StudyFacts) -> PriorResult:
             frontal.image.sop_instance_uid,
         )
         result = PriorResult(
-            study, image, frontal.image, frontal.rule, _chosen_reason(study, passed_over), tuple(passed_over)
+            study,
+            image,
+            frontal.image,
+            frontal.rule,
+            _chosen_reason(study, passed_over),
+            tuple(passed_over),
         )
         log.info(
             "prior.found",
@@ -124,7 +129,10 @@ def _chosen_reason(study: StudyFacts, passed_over: list[PassedOver]) -> str:
     if not passed_over:
         return f"most recent earlier chest radiograph ({day})"
     skipped = "; ".join(p.reason for p in passed_over)
-    return f"most recent usable earlier chest radiograph ({day}); more recent ones passed over: {skipped}"
+    return (
+        f"most recent usable earlier chest radiograph ({day}); "
+        f"more recent ones passed over: {skipped}"
+    )
 
 
 def _none_reason(passed_over: list[PassedOver], excluded: dict[str, str]) -> str:

@@ -176,7 +176,9 @@ class OrthancServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited at start; see {self.log_path}:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"Orthanc exited at start; see {self.log_path}:\n{self.log_tail()}"
+                )
             try:
                 # Any HTTP answer means the server is up (a plugin's filter may refuse it).
                 requests.get(f"{self.url}/system", auth=self.auth, timeout=1)

@@ -42,7 +42,9 @@ __all__ = [
 ]
 
 
-def open_pacs(settings: Settings, ledger: Ledger | None = None, spool: Spool | None = None) -> PacsClient:
+def open_pacs(
+    settings: Settings, ledger: Ledger | None = None, spool: Spool | None = None
+) -> PacsClient:
     """The client for the configured transport.
 
     The node's own archive and C-MOVE retrieval need the ledger and the spool:

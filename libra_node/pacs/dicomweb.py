@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -66,7 +66,9 @@ class _PacsSession(requests.Session):
     pacs.ca_bundle and pacs.verify_tls must mean what they say.
     """
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
         merged = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if self.verify is not True:
             merged["verify"] = self.verify
@@ -155,7 +157,9 @@ class DicomWebPacs(PacsClient):
             filters["ModalitiesInStudy"] = ",".join(sorted({m.upper() for m in modalities}))
         answers = self._call(
             "QIDO-RS study search",
-            lambda: _from_json(self.client.search_for_studies(search_filters=filters, fields=list(STUDY_KEYS))),
+            lambda: _from_json(
+                self.client.search_for_studies(search_filters=filters, fields=list(STUDY_KEYS))
+            ),
             not_found="check that pacs.url is the DICOMweb root (for Orthanc: .../dicom-web)",
         )
         return [study_facts(answer, patient_id) for answer in answers]
@@ -230,7 +234,9 @@ class DicomWebPacs(PacsClient):
                 "pacs.ca_bundle",
             ) from None
         except requests.Timeout:
-            raise PacsUnavailable(self.peer, operation, f"no answer within {self.timeout:g} s") from None
+            raise PacsUnavailable(
+                self.peer, operation, f"no answer within {self.timeout:g} s"
+            ) from None
         except requests.ConnectionError:
             raise PacsUnavailable(
                 self.peer, operation, "cannot connect (connection refused or closed)"
@@ -256,14 +262,22 @@ class DicomWebPacs(PacsClient):
         if code in (401, 403):
             fix = CREDENTIAL_FIXES[self.auth_kind]
             return PacsAccessDenied(
-                self.peer, operation, f"{detail}: the PACS refused the credentials; {fix}", http_status=code
+                self.peer,
+                operation,
+                f"{detail}: the PACS refused the credentials; {fix}",
+                http_status=code,
             )
         if code == 404:
             return PacsNotFound(
-                self.peer, operation, f"{detail}: {not_found or 'no such resource'}", http_status=code
+                self.peer,
+                operation,
+                f"{detail}: {not_found or 'no such resource'}",
+                http_status=code,
             )
         if code >= 500 or code in TRANSIENT_HTTP:
             return PacsUnavailable(
                 self.peer, operation, f"{detail}: the PACS is busy or failing", http_status=code
             )
-        return PacsRejected(self.peer, operation, f"{detail}: the PACS refused the request", http_status=code)
+        return PacsRejected(
+            self.peer, operation, f"{detail}: the PACS refused the request", http_status=code
+        )

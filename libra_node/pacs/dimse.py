@@ -35,8 +35,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, build_context, build_role, evt
 from pynetdicom.association import Association
-from pynetdicom.events import Event
-from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
+from pynetdicom.events import Event, EventHandlerType
+from pynetdicom.pdu_primitives import (
+    A_ABORT,
+    A_ASSOCIATE,
+    A_P_ABORT,
+    SCP_SCU_RoleSelectionNegotiation,
+)
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -87,7 +92,14 @@ MOVE_MODEL = StudyRootQueryRetrieveInformationModelMove
 UNCOMPRESSED = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 # Offered one per context for C-GET, so the PACS can send a prior as it is
 # stored instead of transcoding (which it may not be able to do).
-COMPRESSED = [JPEG2000Lossless, JPEG2000, JPEGLosslessSV1, JPEGBaseline8Bit, JPEGLSLossless, RLELossless]
+COMPRESSED = [
+    JPEG2000Lossless,
+    JPEG2000,
+    JPEGLosslessSV1,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    RLELossless,
+]
 
 PENDING = (0xFF00, 0xFF01)
 # A-ABORT source 0: the peer's application chose to abort (not the network).
@@ -181,7 +193,9 @@ class DimsePacs(PacsClient):
         self.ledger = ledger
         self.spool = spool
         self.owns_ledger = owns_ledger
-        self.peer = f"PACS {called_ae_title} at {host}:{port} (DIMSE, calling AE {calling_ae_title})"
+        self.peer = (
+            f"PACS {called_ae_title} at {host}:{port} (DIMSE, calling AE {calling_ae_title})"
+        )
 
     @classmethod
     def from_settings(
@@ -276,7 +290,9 @@ class DimsePacs(PacsClient):
             return 0x0000
 
         contexts = [build_context(GET_MODEL), *_retrieve_contexts()]
-        roles = [build_role(sop_class, scp_role=True) for sop_class in sorted(RADIOGRAPH_IMAGE_CLASSES)]
+        roles = [
+            build_role(sop_class, scp_role=True) for sop_class in sorted(RADIOGRAPH_IMAGE_CLASSES)
+        ]
         query = _instance_query(study_uid, series_uid, sop_uid)
         with self._associate(operation, contexts, roles, [(evt.EVT_C_STORE, on_store)]) as session:
             code = self._retrieve(operation, session.assoc.send_c_get(query, GET_MODEL), session)
@@ -356,7 +372,9 @@ class DimsePacs(PacsClient):
 
     # --- queries ---------------------------------------------------------------------------
 
-    def _find(self, operation: str, query: Dataset, session: _Session | None = None) -> list[Dataset]:
+    def _find(
+        self, operation: str, query: Dataset, session: _Session | None = None
+    ) -> list[Dataset]:
         """All answers to one C-FIND, on the given association or a new one."""
         if session is None:
             with self._associate(operation, [build_context(FIND_MODEL)]) as own_session:
@@ -380,8 +398,8 @@ class DimsePacs(PacsClient):
         self,
         operation: str,
         contexts: list[PresentationContext],
-        roles: Sequence[object] = (),
-        handlers: Sequence[tuple[object, object]] = (),
+        roles: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
+        handlers: Sequence[EventHandlerType] = (),
     ) -> Iterator[_Session]:
         ae = AE(ae_title=self.calling_ae_title)
         ae.connection_timeout = self.timeout
@@ -395,8 +413,8 @@ class DimsePacs(PacsClient):
             self.port,
             contexts=contexts,
             ae_title=self.called_ae_title,
-            ext_neg=list(roles) or None,  # type: ignore[arg-type]
-            evt_handlers=[(evt.EVT_ACSE_RECV, watch.on_acse), *handlers],  # type: ignore[list-item]
+            ext_neg=list(roles) or None,
+            evt_handlers=[(evt.EVT_ACSE_RECV, watch.on_acse), *handlers],
         )
         if not assoc.is_established:
             raise self._association_failure(operation, watch, time.monotonic() - started)
@@ -413,7 +431,9 @@ class DimsePacs(PacsClient):
         if rejection is not None:
             reason = f"{rejection.result_str}, {rejection.source_str}: {rejection.reason_str}"
             if rejection.result == REJECTED_TRANSIENT:
-                return PacsUnavailable(self.peer, operation, f"association rejected for now ({reason})")
+                return PacsUnavailable(
+                    self.peer, operation, f"association rejected for now ({reason})"
+                )
             if rejection.result_source == SOURCE_SERVICE_USER:
                 if rejection.diagnostic == CALLING_AE_NOT_RECOGNISED:
                     return PacsAccessDenied(
@@ -438,7 +458,9 @@ class DimsePacs(PacsClient):
                 "so it does not offer this service",
             )
         if elapsed < self.timeout * 0.9:
-            return PacsUnavailable(self.peer, operation, "cannot connect (connection refused or closed)")
+            return PacsUnavailable(
+                self.peer, operation, "cannot connect (connection refused or closed)"
+            )
         return PacsUnavailable(self.peer, operation, f"no answer within {self.timeout:g} s")
 
     def _status_code(self, operation: str, status: Dataset | None, session: _Session) -> int:

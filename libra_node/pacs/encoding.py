@@ -23,14 +23,21 @@ def as_part10(ds: Dataset) -> Dataset:
     complete = (
         getattr(ds, "preamble", None) is not None
         and meta is not None
-        and all(meta.get(k) for k in ("TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID"))
+        and all(
+            meta.get(k)
+            for k in ("TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
+        )
     )
     if complete:
         return ds
     finished = copy.copy(ds)
     finished.preamble = PREAMBLE
-    finished.file_meta = FileMetaDataset(copy.deepcopy(meta)) if meta is not None else FileMetaDataset()
-    finished.file_meta.TransferSyntaxUID = finished.file_meta.get("TransferSyntaxUID") or ExplicitVRLittleEndian
+    finished.file_meta = (
+        FileMetaDataset(copy.deepcopy(meta)) if meta is not None else FileMetaDataset()
+    )
+    finished.file_meta.TransferSyntaxUID = (
+        finished.file_meta.get("TransferSyntaxUID") or ExplicitVRLittleEndian
+    )
     finished.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     finished.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return finished

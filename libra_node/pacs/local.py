@@ -56,7 +56,11 @@ class LocalArchive(PacsClient):
 
     def _study_facts(self, study: Study) -> StudyFacts:
         modalities = sorted(
-            {i.facts.modality for i in self.ledger.instances_of(study.study_uid) if i.facts.modality}
+            {
+                i.facts.modality
+                for i in self.ledger.instances_of(study.study_uid)
+                if i.facts.modality
+            }
         )
         return StudyFacts(
             study_instance_uid=study.study_uid,
@@ -74,7 +78,10 @@ class LocalArchive(PacsClient):
     def fetch_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         operation = "instance retrieval"
         instance = self.ledger.get_instance(sop_uid)
-        if instance is None or (instance.facts.study_instance_uid, instance.facts.series_instance_uid) != (
+        if instance is None or (
+            instance.facts.study_instance_uid,
+            instance.facts.series_instance_uid,
+        ) != (
             study_uid,
             series_uid,
         ):
@@ -90,7 +97,9 @@ class LocalArchive(PacsClient):
             study_uid = str(ds.get("StudyInstanceUID", ""))
             sop_uid = str(ds.get("SOPInstanceUID", ""))
             if not (is_valid_uid(study_uid) and is_valid_uid(sop_uid)):
-                raise PacsRejected(self.peer, operation, "object without valid study and SOP instance UIDs")
+                raise PacsRejected(
+                    self.peer, operation, "object without valid study and SOP instance UIDs"
+                )
             buffer = io.BytesIO()
             dcmwrite(buffer, as_part10(ds), enforce_file_format=True)
             self.output.store(f"{study_uid}/{sop_uid}.dcm", buffer.getvalue())

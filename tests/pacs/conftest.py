@@ -23,7 +23,6 @@ from libra_node.synthetic import SyntheticPatient
 from orthanc_server import Modality, OrthancServer, orthanc_available
 from pacs.testdata import NODE_AE, NODE_MODALITY, ORTHANC_AE, Archive, pacs_section, send_to_node
 
-
 # --- Orthanc ------------------------------------------------------------------------------
 
 
@@ -94,9 +93,15 @@ def open_archive(
         settings = node_settings(pacs=pacs)
         node = start_node(settings)
         if retrieve == "move":
-            orthanc.register_modality(Modality(NODE_MODALITY, NODE_AE, "127.0.0.1", node.listener.port))
+            orthanc.register_modality(
+                Modality(NODE_MODALITY, NODE_AE, "127.0.0.1", node.listener.port)
+            )
         client = open_pacs(settings, node.ledger, node.spool)
-        seed = (lambda datasets: send_to_node(node, datasets)) if transport == "none" else orthanc.upload
+        seed = (
+            (lambda datasets: send_to_node(node, datasets))
+            if transport == "none"
+            else orthanc.upload
+        )
         archive = Archive(name, client, node, settings, seed)
         opened.append(archive)
         return archive

@@ -55,7 +55,9 @@ class DcmQrScp:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"dcmqrscp did not listen within {timeout} s: {self.log_path.read_text()}")
+        raise RuntimeError(
+            f"dcmqrscp did not listen within {timeout} s: {self.log_path.read_text()}"
+        )
 
     def stop(self) -> None:
         process, self._process = self._process, None

@@ -23,7 +23,9 @@ class Relay(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, handler: type[socketserver.BaseRequestHandler], backend: tuple[str, int]) -> None:
+    def __init__(
+        self, handler: type[socketserver.BaseRequestHandler], backend: tuple[str, int]
+    ) -> None:
         super().__init__(("127.0.0.1", 0), handler)
         self.backend = backend
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -40,7 +42,9 @@ class Relay(socketserver.ThreadingTCPServer):
         self.server_close()
 
 
-def _pump(client: socket.socket, backend: socket.socket, replies_to_pass: int | None = None) -> None:
+def _pump(
+    client: socket.socket, backend: socket.socket, replies_to_pass: int | None = None
+) -> None:
     """Copy bytes both ways until either side closes.
 
     With ``replies_to_pass``, only that many reads from the backend reach the

@@ -54,7 +54,7 @@ from dicom_tools import free_port, send_with_pynetdicom
 
 NewPatient = Callable[..., SyntheticPatient]
 
-PLUGIN_SCRIPT = '''
+PLUGIN_SCRIPT = """
 import json
 import os
 
@@ -86,11 +86,19 @@ orthanc.RegisterIncomingHttpRequestFilter(only_with_token)
 # DICOMweb roots that fail the way some PACSes do: overloaded, or storing only part of a request.
 orthanc.RegisterRestCallback("/busy/dicom-web/(.*)", busy)
 orthanc.RegisterRestCallback("/stow-fails-([0-9A-F]{4})/dicom-web/studies", stow_partly_failed)
-'''
+"""
 
 
-def dimse(port: int, *, called: str = ORTHANC_AE, calling: str = NODE_AE, timeout: float = 5.0) -> DimsePacs:
-    return DimsePacs(host="127.0.0.1", port=port, called_ae_title=called, calling_ae_title=calling, timeout=timeout)
+def dimse(
+    port: int, *, called: str = ORTHANC_AE, calling: str = NODE_AE, timeout: float = 5.0
+) -> DimsePacs:
+    return DimsePacs(
+        host="127.0.0.1",
+        port=port,
+        called_ae_title=called,
+        calling_ae_title=calling,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +108,7 @@ def token() -> str:
 
 @pytest.fixture(scope="module")
 def token_orthanc(tmp_path_factory: pytest.TempPathFactory, token: str) -> Iterator[OrthancServer]:
-    """Orthanc that takes a bearer token instead of basic credentials, and fails on request (Python plugin)."""
+    """Orthanc behind a bearer-token filter, with DICOMweb roots that fail (Python plugin)."""
     folder = tmp_path_factory.mktemp("token-orthanc")
     script = folder / "pacs_plugin.py"
     script.write_text(PLUGIN_SCRIPT)
@@ -122,7 +130,9 @@ class HttpsPacs:
 
 
 @pytest.fixture(scope="module")
-def https_pacs(tmp_path_factory: pytest.TempPathFactory, orthanc_server: OrthancServer) -> Iterator[HttpsPacs]:
+def https_pacs(
+    tmp_path_factory: pytest.TempPathFactory, orthanc_server: OrthancServer
+) -> Iterator[HttpsPacs]:
     """The module's Orthanc behind a TLS front door with a self-signed certificate."""
     certificate, key = tls_certificate(tmp_path_factory.mktemp("tls"))
     front = TlsFrontDoor(certificate, key, (orthanc_server.host, orthanc_server.http_port))
@@ -141,7 +151,9 @@ def hung_pacs() -> Iterator[int]:
 
 
 @pytest.fixture
-def node_as_pacs(node_settings: Callable[..., Settings], start_node: Callable[..., Node]) -> Callable[..., Node]:
+def node_as_pacs(
+    node_settings: Callable[..., Settings], start_node: Callable[..., Node]
+) -> Callable[..., Node]:
     """The node's own listener standing in for a PACS, configured as a test needs."""
 
     def start(**listener: object) -> Node:
@@ -176,7 +188,9 @@ def test_an_ae_title_the_pacs_does_not_know_is_told_to_register(
 
     message = str(refused.value)
     assert not refused.value.transient
-    assert message.startswith(f"C-FIND (study level) with PACS ORTHANC at 127.0.0.1:{orthanc.dicom_port}")
+    assert message.startswith(
+        f"C-FIND (study level) with PACS ORTHANC at 127.0.0.1:{orthanc.dicom_port}"
+    )
     assert "register AE title STRANGER in the PACS (for Orthanc: DicomModalities)" in message
     assert patient.patient_id not in message
 
@@ -215,8 +229,9 @@ def test_a_pacs_out_of_resources_is_transient_and_says_so(
     with pytest.raises(PacsUnavailable) as busy:
         dimse(pacs.listener.port, called=NODE_AE).store([draft_report(current)])
     assert busy.value.transient and busy.value.dicom_status == 0xA700
-    assert "DICOM status 0xA700 (Failure: Refused: Out of Resources): free disk space below the reserve" in str(
-        busy.value
+    assert (
+        "DICOM status 0xA700 (Failure: Refused: Out of Resources): "
+        "free disk space below the reserve" in str(busy.value)
     )
 
 
@@ -232,7 +247,9 @@ def test_a_pacs_that_hangs_in_the_middle_of_an_operation_times_out(orthanc: Orth
     relay.start()
     try:
         started = time.monotonic()
-        with pytest.raises(PacsUnavailable, match=r"C-ECHO .* no answer within 0\.5 s, or the connection was lost"):
+        with pytest.raises(
+            PacsUnavailable, match=r"C-ECHO .* no answer within 0\.5 s, or the connection was lost"
+        ):
             dimse(relay.port, timeout=0.5).echo()
         assert time.monotonic() - started < 3
     finally:
@@ -253,9 +270,14 @@ def test_a_pacs_at_its_association_limit_is_transient(node_as_pacs: Callable[...
     assert busy.value.transient
 
 
-def test_an_association_rejected_for_no_given_reason_says_so(node_as_pacs: Callable[..., Node]) -> None:
+def test_an_association_rejected_for_no_given_reason_says_so(
+    node_as_pacs: Callable[..., Node],
+) -> None:
     pacs = node_as_pacs(allowed_hosts=["10.0.0.0/8"])  # not us
-    with pytest.raises(PacsRejected, match=r"association rejected \(Rejected Permanent, Service User: No reason given\)"):
+    with pytest.raises(
+        PacsRejected,
+        match=r"association rejected \(Rejected Permanent, Service User: No reason given\)",
+    ):
         dimse(pacs.listener.port, called=NODE_AE).echo()
 
 
@@ -268,24 +290,34 @@ def test_a_store_the_pacs_refuses_names_the_status_and_its_comment(
     with pytest.raises(PacsRejected) as refused:
         dimse(pacs.listener.port, called=NODE_AE).store([report])
     assert refused.value.dicom_status == 0xC001 and not refused.value.transient
-    assert str(refused.value).endswith("DICOM status 0xC001 (Failure: Cannot Understand): StudyInstanceUID is missing")
+    assert str(refused.value).endswith(
+        "DICOM status 0xC001 (Failure: Cannot Understand): StudyInstanceUID is missing"
+    )
 
 
-def test_fetching_a_missing_instance_says_not_found(archive: Archive, new_patient: NewPatient) -> None:
+def test_fetching_a_missing_instance_says_not_found(
+    archive: Archive, new_patient: NewPatient
+) -> None:
     study = chest_study(new_patient(), "2026-11-01")
     archive.seed(study)
     with pytest.raises(PacsNotFound, match="no such instance"):
-        archive.client.fetch_instance(study[0].StudyInstanceUID, study[0].SeriesInstanceUID, "1.2.826.0.1.3680043.8.498.1")
+        archive.client.fetch_instance(
+            study[0].StudyInstanceUID, study[0].SeriesInstanceUID, "1.2.826.0.1.3680043.8.498.1"
+        )
 
 
 def test_c_get_of_an_image_the_node_does_not_take_is_refused_in_plain_words(
     orthanc: OrthancServer, new_patient: NewPatient
 ) -> None:
     scan = make_secondary_capture(SyntheticStudy(patient=new_patient()))
-    scan.SOPClassUID = scan.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR image
+    scan.SOPClassUID = scan.file_meta.MediaStorageSOPClassUID = (
+        "1.2.840.10008.5.1.4.1.1.4"  # MR image
+    )
     orthanc.upload([scan])
     with pytest.raises(PacsRejected, match="holds the instance but did not send it"):
-        dimse(orthanc.dicom_port).fetch_instance(scan.StudyInstanceUID, scan.SeriesInstanceUID, scan.SOPInstanceUID)
+        dimse(orthanc.dicom_port).fetch_instance(
+            scan.StudyInstanceUID, scan.SeriesInstanceUID, scan.SOPInstanceUID
+        )
 
 
 @pytest.mark.usefixtures("node_ae_registered")
@@ -314,46 +346,70 @@ def test_c_move_to_a_destination_orthanc_does_not_know_names_the_fix(
 
 
 def test_the_standard_move_destination_unknown_status_names_the_fix(
-    tmp_path: Path, node_settings: Callable[..., Settings], start_node: Callable[..., Node], new_patient: NewPatient
+    tmp_path: Path,
+    node_settings: Callable[..., Settings],
+    start_node: Callable[..., Node],
+    new_patient: NewPatient,
 ) -> None:
     archive_scp = DcmQrScp(tmp_path / "dcmqrscp")
     archive_scp.start()
     try:
         study = chest_study(new_patient(), "2026-11-01")
-        assert send_with_pynetdicom(archive_scp.port, study, called=archive_scp.ae_title, calling=NODE_AE) == [0, 0]
+        assert send_with_pynetdicom(
+            archive_scp.port, study, called=archive_scp.ae_title, calling=NODE_AE
+        ) == [0, 0]
         settings = node_settings(
-            pacs={"transport": "dimse", "host": "127.0.0.1", "port": archive_scp.port,
-                  "ae_title": archive_scp.ae_title, "retrieve": "move", "timeout_seconds": 5},
+            pacs={
+                "transport": "dimse",
+                "host": "127.0.0.1",
+                "port": archive_scp.port,
+                "ae_title": archive_scp.ae_title,
+                "retrieve": "move",
+                "timeout_seconds": 5,
+            },
             listener={"port": 11999},
         )
         node = start_node(settings)
         with open_pacs(settings, node.ledger, node.spool) as client:
             with pytest.raises(PacsMoveDestinationUnknown) as unknown:
-                client.fetch_instance(study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID)
+                client.fetch_instance(
+                    study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID
+                )
     finally:
         archive_scp.stop()
     assert unknown.value.dicom_status == 0xA801
     assert "DICOM status 0xA801 (Failure: Move destination unknown)" in str(unknown.value)
-    assert "register the node's AE title LIBRA with host 127.0.0.1 and port 11999" in str(unknown.value)
+    assert "register the node's AE title LIBRA with host 127.0.0.1 and port 11999" in str(
+        unknown.value
+    )
 
 
 def test_c_move_needs_the_ledger_and_the_spool() -> None:
     with pytest.raises(ValueError, match="C-MOVE needs"):
-        DimsePacs(host="127.0.0.1", port=104, called_ae_title="PACS", calling_ae_title=NODE_AE,
-                  retrieve="move", move_destination=NODE_AE)
+        DimsePacs(
+            host="127.0.0.1",
+            port=104,
+            called_ae_title="PACS",
+            calling_ae_title=NODE_AE,
+            retrieve="move",
+            move_destination=NODE_AE,
+        )
 
 
 # --- DICOMweb --------------------------------------------------------------------------------
 
 
 def test_wrong_credentials_are_named_without_echoing_them(orthanc: OrthancServer) -> None:
-    client = DicomWebPacs(orthanc.dicomweb_url, username=orthanc.username, password="not-the-password")
+    client = DicomWebPacs(
+        orthanc.dicomweb_url, username=orthanc.username, password="not-the-password"
+    )
     with pytest.raises(PacsAccessDenied) as refused:
         client.find_studies("ANYONE")
     message = str(refused.value)
     assert refused.value.http_status == 401 and not refused.value.transient
     assert message == (
-        f"QIDO-RS study search with DICOMweb service {orthanc.dicomweb_url} failed: HTTP 401 Unauthorized: "
+        f"QIDO-RS study search with DICOMweb service {orthanc.dicomweb_url} failed: "
+        "HTTP 401 Unauthorized: "
         "the PACS refused the credentials; check pacs.username and pacs.password"
     )
 
@@ -371,19 +427,25 @@ def test_missing_credentials_say_which_settings_to_give(orthanc: OrthancServer) 
         DicomWebPacs(orthanc.dicomweb_url).echo()
 
 
-def test_a_bearer_token_opens_the_pacs(token_orthanc: OrthancServer, token: str, new_patient: NewPatient) -> None:
+def test_a_bearer_token_opens_the_pacs(
+    token_orthanc: OrthancServer, token: str, new_patient: NewPatient
+) -> None:
     patient = new_patient()
     study = chest_study(patient, "2026-11-01")
     client = DicomWebPacs(token_orthanc.dicomweb_url, token=token)
     client.store(study)
-    assert [s.study_instance_uid for s in client.find_studies(patient.patient_id)] == [study[0].StudyInstanceUID]
+    assert [s.study_instance_uid for s in client.find_studies(patient.patient_id)] == [
+        study[0].StudyInstanceUID
+    ]
 
 
 def test_a_wrong_bearer_token_is_named(token_orthanc: OrthancServer) -> None:
     with pytest.raises(PacsAccessDenied) as refused:
         DicomWebPacs(token_orthanc.dicomweb_url, token="wrong-token").echo()
     assert refused.value.http_status == 403
-    assert str(refused.value).endswith("HTTP 403 Forbidden: the PACS refused the credentials; check pacs.token")
+    assert str(refused.value).endswith(
+        "HTTP 403 Forbidden: the PACS refused the credentials; check pacs.token"
+    )
 
 
 def test_http_503_is_transient(token_orthanc: OrthancServer, token: str) -> None:
@@ -394,7 +456,9 @@ def test_http_503_is_transient(token_orthanc: OrthancServer, token: str) -> None
     assert "HTTP 503 Service Unavailable: the PACS is busy or failing" in str(busy.value)
 
 
-@pytest.mark.parametrize(("reason", "expected"), [("A700", PacsUnavailable), ("0110", PacsRejected)])
+@pytest.mark.parametrize(
+    ("reason", "expected"), [("A700", PacsUnavailable), ("0110", PacsRejected)]
+)
 def test_a_stow_that_stores_only_part_of_the_request_says_what_failed(
     token_orthanc: OrthancServer, token: str, new_patient: NewPatient, reason: str, expected: type
 ) -> None:
@@ -409,22 +473,36 @@ def test_a_stow_that_stores_only_part_of_the_request_says_what_failed(
 def test_an_answer_that_is_not_dicom_json_is_refused_in_plain_words(
     orthanc: OrthancServer, new_patient: NewPatient
 ) -> None:
-    orthanc.upload(chest_study(new_patient(), "2026-11-01"))  # so that the wrong URL answers something
-    client = DicomWebPacs(orthanc.url, username=orthanc.username, password=orthanc.password)  # REST root
-    with pytest.raises(PacsRejected, match=r"QIDO-RS study search .* unexpected answer \(JSONDecodeError\)"):
+    orthanc.upload(
+        chest_study(new_patient(), "2026-11-01")
+    )  # so that the wrong URL answers something
+    client = DicomWebPacs(
+        orthanc.url, username=orthanc.username, password=orthanc.password
+    )  # REST root
+    with pytest.raises(
+        PacsRejected, match=r"QIDO-RS study search .* unexpected answer \(JSONDecodeError\)"
+    ):
         client.find_studies("ANYONE")
 
 
 def test_a_url_that_is_not_a_dicomweb_root_says_so(orthanc: OrthancServer) -> None:
-    client = DicomWebPacs(f"{orthanc.url}/not-dicom-web", username=orthanc.username, password=orthanc.password)
-    with pytest.raises(PacsNotFound, match=r"HTTP 404 Not Found: check that pacs.url is the DICOMweb root"):
+    client = DicomWebPacs(
+        f"{orthanc.url}/not-dicom-web", username=orthanc.username, password=orthanc.password
+    )
+    with pytest.raises(
+        PacsNotFound, match=r"HTTP 404 Not Found: check that pacs.url is the DICOMweb root"
+    ):
         client.echo()
 
 
-def test_stow_of_an_object_the_pacs_cannot_take_is_refused(orthanc: OrthancServer, new_patient: NewPatient) -> None:
+def test_stow_of_an_object_the_pacs_cannot_take_is_refused(
+    orthanc: OrthancServer, new_patient: NewPatient
+) -> None:
     report = draft_report(chest_study(new_patient(), "2026-12-01"))
     del report.StudyInstanceUID
-    client = DicomWebPacs(orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password)
+    client = DicomWebPacs(
+        orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password
+    )
     with pytest.raises(PacsRejected, match="STOW-RS .* HTTP 400 Bad Request"):
         client.store([report])
 
@@ -437,9 +515,13 @@ def test_an_instance_the_pacs_serves_without_preamble_is_refused_in_plain_words(
     careless = DICOMwebClient(orthanc.dicomweb_url, session=requests.Session())
     careless._session.auth = orthanc.auth
     careless.store_instances(study[:1])
-    client = DicomWebPacs(orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password)
+    client = DicomWebPacs(
+        orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password
+    )
     with pytest.raises(PacsRejected, match="not a complete DICOM file"):
-        client.fetch_instance(study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID)
+        client.fetch_instance(
+            study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID
+        )
 
 
 def test_a_hung_dicomweb_service_times_out(hung_pacs: int) -> None:
@@ -449,7 +531,9 @@ def test_a_hung_dicomweb_service_times_out(hung_pacs: int) -> None:
     assert time.monotonic() - started < 3
 
 
-def test_tls_certificates_are_verified_by_default(https_pacs: HttpsPacs, orthanc: OrthancServer) -> None:
+def test_tls_certificates_are_verified_by_default(
+    https_pacs: HttpsPacs, orthanc: OrthancServer
+) -> None:
     client = DicomWebPacs(https_pacs.url, username=orthanc.username, password=orthanc.password)
     with pytest.raises(PacsTlsError, match="give the CA that signed it in pacs.ca_bundle"):
         client.echo()
@@ -461,25 +545,41 @@ def test_tls_with_the_pacs_ca_bundle_works(
     patient = new_patient()
     study = chest_study(patient, "2026-11-01")
     client = DicomWebPacs(
-        https_pacs.url, username=orthanc.username, password=orthanc.password, ca_bundle=str(https_pacs.certificate)
+        https_pacs.url,
+        username=orthanc.username,
+        password=orthanc.password,
+        ca_bundle=str(https_pacs.certificate),
     )
     client.store(study)
-    assert [s.study_instance_uid for s in client.find_studies(patient.patient_id)] == [study[0].StudyInstanceUID]
-    assert client.fetch_instance(
-        study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID
-    ).SOPInstanceUID == study[0].SOPInstanceUID
+    assert [s.study_instance_uid for s in client.find_studies(patient.patient_id)] == [
+        study[0].StudyInstanceUID
+    ]
+    assert (
+        client.fetch_instance(
+            study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID
+        ).SOPInstanceUID
+        == study[0].SOPInstanceUID
+    )
 
 
-@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # the point of the test
-def test_tls_verification_can_be_switched_off(https_pacs: HttpsPacs, orthanc: OrthancServer) -> None:
-    DicomWebPacs(https_pacs.url, username=orthanc.username, password=orthanc.password, verify_tls=False).echo()
+@pytest.mark.filterwarnings(
+    "ignore::urllib3.exceptions.InsecureRequestWarning"
+)  # the point of the test
+def test_tls_verification_can_be_switched_off(
+    https_pacs: HttpsPacs, orthanc: OrthancServer
+) -> None:
+    DicomWebPacs(
+        https_pacs.url, username=orthanc.username, password=orthanc.password, verify_tls=False
+    ).echo()
 
 
 # --- the node's own archive and the factory ----------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")  # the point of the test
-def test_the_local_archive_refuses_an_object_without_uids(open_archive: Callable[..., Archive], new_patient: NewPatient) -> None:
+def test_the_local_archive_refuses_an_object_without_uids(
+    open_archive: Callable[..., Archive], new_patient: NewPatient
+) -> None:
     archive = open_archive("local")
     report = draft_report(chest_study(new_patient(), "2026-12-01"))
     report.StudyInstanceUID = "not a uid"
@@ -487,7 +587,9 @@ def test_the_local_archive_refuses_an_object_without_uids(open_archive: Callable
         archive.client.store([report])
 
 
-def test_the_local_archive_says_when_a_spool_file_is_gone(open_archive: Callable[..., Archive], new_patient: NewPatient) -> None:
+def test_the_local_archive_says_when_a_spool_file_is_gone(
+    open_archive: Callable[..., Archive], new_patient: NewPatient
+) -> None:
     archive = open_archive("local")
     study = chest_study(new_patient(), "2026-11-01")
     send_to_node(archive.node, study)
@@ -495,7 +597,9 @@ def test_the_local_archive_says_when_a_spool_file_is_gone(open_archive: Callable
     assert instance is not None
     archive.node.spool.path(instance.file_path).unlink()
     with pytest.raises(PacsNotFound, match="spool file is missing"):
-        archive.client.fetch_instance(study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID)
+        archive.client.fetch_instance(
+            study[0].StudyInstanceUID, study[0].SeriesInstanceUID, study[0].SOPInstanceUID
+        )
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,14 @@ import fcntl
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 from libra_node.ledger import StudyState
 from libra_node.outbox import LOCK_FILE, Outbox
+from libra_node.pacs import LocalArchive
 from libra_node.synthetic import SyntheticPatient
 from orthanc_server import OrthancServer
 from pacs.testdata import Archive, chest_study, draft_report, make_reported, pdf_rendition
@@ -27,14 +29,29 @@ BASE = 10.0
 
 def outbox_of(archive: Archive, **backoff: float) -> Outbox:
     return Outbox.from_settings(
-        archive.settings, archive.ledger, backoff_base_seconds=BASE, backoff_cap_seconds=backoff.get("cap", 600.0)
+        archive.settings,
+        archive.ledger,
+        backoff_base_seconds=BASE,
+        backoff_cap_seconds=backoff.get("cap", 600.0),
     )
+
+
+def state_of(archive: Archive, study_uid: str) -> StudyState:
+    study = archive.ledger.get_study(study_uid)
+    assert study is not None
+    return study.state
+
+
+def stored_file(archive: Archive, study_uid: str, sop_uid: str) -> Path:
+    """Where the node's own archive (transport "none") put a delivered object."""
+    assert isinstance(archive.client, LocalArchive)
+    return archive.client.stored_path(study_uid, sop_uid)
 
 
 def in_pacs(archive: Archive, orthanc: OrthancServer, study_uid: str, sop_uid: str) -> int:
     """How many copies of the object the destination holds."""
     if archive.name == "local":
-        return int(archive.client.stored_path(study_uid, sop_uid).is_file())  # type: ignore[attr-defined]
+        return int(stored_file(archive, study_uid, sop_uid).is_file())
     return len(orthanc.find_instances(SOPInstanceUID=sop_uid))
 
 
@@ -52,19 +69,29 @@ def test_the_report_and_its_pdf_are_delivered_and_recorded(
     outbox = outbox_of(destination)
 
     queued = outbox.put(study_uid, version, [report, pdf], now=1000.0)
-    assert {item.sop_uid for item in outbox.pending()} == {report.SOPInstanceUID, pdf.SOPInstanceUID}
+    assert {item.sop_uid for item in outbox.pending()} == {
+        report.SOPInstanceUID,
+        pdf.SOPInstanceUID,
+    }
     assert {item.report_sop_uid for item in queued} == {report.SOPInstanceUID}
 
     delivered = outbox.deliver_due(destination.client, now=1000.0)
 
-    assert {item.sop_uid for item in delivered.delivered} == {report.SOPInstanceUID, pdf.SOPInstanceUID}
+    assert {item.sop_uid for item in delivered.delivered} == {
+        report.SOPInstanceUID,
+        pdf.SOPInstanceUID,
+    }
     assert (delivered.retrying, delivered.failed, outbox.pending()) == ([], [], [])
     assert sorted(p.name for p in outbox.files.root.iterdir()) == [".incoming", LOCK_FILE]
     for sop_uid in (report.SOPInstanceUID, pdf.SOPInstanceUID):
         assert in_pacs(destination, orthanc, study_uid, sop_uid) == 1
     row = destination.ledger.get_study(study_uid)
     assert row is not None and row.state == StudyState.DELIVERED
-    assert (row.sr_sop_uid, row.sr_version, row.delivered_at) == (report.SOPInstanceUID, version, 1000.0)
+    assert (row.sr_sop_uid, row.sr_version, row.delivered_at) == (
+        report.SOPInstanceUID,
+        version,
+        1000.0,
+    )
     assert destination.client.peer in row.state_reason
 
 
@@ -79,10 +106,15 @@ def test_what_is_delivered_reads_back_as_a_complete_dicom_file(
         outbox.put(str(current[0].StudyInstanceUID), 1, [report])
         assert len(outbox.deliver_due(archive.client).delivered) == 1
         if name == "local":
-            back = dcmread(archive.client.stored_path(report.StudyInstanceUID, report.SOPInstanceUID))  # type: ignore[attr-defined]
+            back = dcmread(stored_file(archive, report.StudyInstanceUID, report.SOPInstanceUID))
         else:
-            back = archive.client.fetch_instance(report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID)
-        assert back.preamble is not None and back.ContentSequence[0].TextValue == f"delivered over {name}"
+            back = archive.client.fetch_instance(
+                report.StudyInstanceUID, report.SeriesInstanceUID, report.SOPInstanceUID
+            )
+        assert (
+            back.preamble is not None
+            and back.ContentSequence[0].TextValue == f"delivered over {name}"
+        )
 
 
 def test_delivering_the_same_report_again_is_harmless(
@@ -99,7 +131,10 @@ def test_delivering_the_same_report_again_is_harmless(
 
     assert in_pacs(destination, orthanc, study_uid, report.SOPInstanceUID) == 1
     row = destination.ledger.get_study(study_uid)
-    assert row is not None and (row.state, row.sr_sop_uid) == (StudyState.DELIVERED, report.SOPInstanceUID)
+    assert row is not None and (row.state, row.sr_sop_uid) == (
+        StudyState.DELIVERED,
+        report.SOPInstanceUID,
+    )
 
 
 @pytest.mark.parametrize("name", ["dimse-get", "dicomweb"])
@@ -120,7 +155,7 @@ def test_pacs_down_during_delivery_the_outbox_delivers_once_it_is_back(
     [waiting] = first.retrying
     assert (waiting.attempts, waiting.next_attempt_at) == (1, now + BASE)
     assert "cannot connect" in waiting.last_error and archive.client.peer in waiting.last_error
-    assert archive.ledger.get_study(study_uid).state == StudyState.REPORTED  # type: ignore[union-attr]
+    assert state_of(archive, study_uid) == StudyState.REPORTED
 
     # The node restarts: a new Outbox on the same folder finds the item where it was.
     restarted = outbox_of(archive)
@@ -134,7 +169,7 @@ def test_pacs_down_during_delivery_the_outbox_delivers_once_it_is_back(
 
     assert [item.sop_uid for item in second.delivered] == [report.SOPInstanceUID]
     assert len(orthanc.find_instances(SOPInstanceUID=report.SOPInstanceUID)) == 1
-    assert archive.ledger.get_study(study_uid).state == StudyState.DELIVERED  # type: ignore[union-attr]
+    assert state_of(archive, study_uid) == StudyState.DELIVERED
     assert restarted.next_due_at() is None
 
 
@@ -176,7 +211,9 @@ def test_past_the_deadline_the_item_fails_and_so_does_the_study(
 
     assert (failed.state, failed.attempts) == ("failed", 3)
     assert "cannot connect" in failed.last_error
-    assert outbox.pending() == [] and [i.sop_uid for i in outbox.failed()] == [report.SOPInstanceUID]
+    assert outbox.pending() == [] and [i.sop_uid for i in outbox.failed()] == [
+        report.SOPInstanceUID
+    ]
     row = archive.ledger.get_study(study_uid)
     assert row is not None and row.state == StudyState.FAILED
     assert row.state_reason == f"report not delivered: {failed.last_error}"
@@ -199,10 +236,12 @@ def test_a_study_is_delivered_only_when_all_its_objects_are(
 
     assert [i.sop_uid for i in first.delivered] == [report.SOPInstanceUID]
     assert "HTTP 400 Bad Request" in first.retrying[0].last_error
-    assert archive.ledger.get_study(study_uid).state == StudyState.REPORTED  # type: ignore[union-attr]
+    assert state_of(archive, study_uid) == StudyState.REPORTED
     outbox.deliver_due(archive.client, now=10.0)
-    assert [i.sop_uid for i in outbox.deliver_due(archive.client, now=30.0).failed] == [pdf.SOPInstanceUID]
-    assert archive.ledger.get_study(study_uid).state == StudyState.FAILED  # type: ignore[union-attr]
+    assert [i.sop_uid for i in outbox.deliver_due(archive.client, now=30.0).failed] == [
+        pdf.SOPInstanceUID
+    ]
+    assert state_of(archive, study_uid) == StudyState.FAILED
 
 
 def test_an_unreadable_outbox_object_fails_at_once(
@@ -218,10 +257,12 @@ def test_an_unreadable_outbox_object_fails_at_once(
     [failed] = outbox.deliver_due(archive.client).failed
 
     assert failed.last_error == "outbox object unreadable (InvalidDicomError)"
-    assert archive.ledger.get_study(study_uid).state == StudyState.FAILED  # type: ignore[union-attr]
+    assert state_of(archive, study_uid) == StudyState.FAILED
 
 
-def test_one_deliverer_at_a_time(open_archive: Callable[..., Archive], new_patient: NewPatient) -> None:
+def test_one_deliverer_at_a_time(
+    open_archive: Callable[..., Archive], new_patient: NewPatient
+) -> None:
     archive = open_archive("local")
     current = chest_study(new_patient(), "2026-12-01")
     study_uid, version = make_reported(archive.node, current)
@@ -239,7 +280,9 @@ def test_one_deliverer_at_a_time(open_archive: Callable[..., Archive], new_patie
     assert len(outbox.deliver_due(archive.client).delivered) == 1
 
 
-def test_put_needs_objects_with_sop_instance_uids(open_archive: Callable[..., Archive], new_patient: NewPatient) -> None:
+def test_put_needs_objects_with_sop_instance_uids(
+    open_archive: Callable[..., Archive], new_patient: NewPatient
+) -> None:
     archive = open_archive("local")
     outbox = outbox_of(archive)
     report = draft_report(chest_study(new_patient(), "2026-12-01"))

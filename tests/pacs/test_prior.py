@@ -1,4 +1,4 @@
-"""Prior lookup against a real Orthanc (DIMSE with C-GET and C-MOVE, DICOMweb) and the node's own archive.
+"""Prior lookup: a real Orthanc (DIMSE C-GET and C-MOVE, DICOMweb) and the node's own archive.
 
 Every scenario runs over each archive: the same answer is expected whatever
 the transport. The current date is 2026-12-01 unless a test says otherwise.
@@ -49,15 +49,23 @@ def test_no_earlier_study_means_no_prior(archive: Archive, new_patient: NewPatie
     assert result.reason == NO_EARLIER_STUDY
 
 
-def test_most_recent_earlier_chest_radiograph_wins(archive: Archive, new_patient: NewPatient) -> None:
+def test_most_recent_earlier_chest_radiograph_wins(
+    archive: Archive, new_patient: NewPatient
+) -> None:
     patient = new_patient()
     current = chest_study(patient, "2026-12-01", "093000")
     expected = chest_study(patient, "2026-09-10", views=("AP",))
     older = chest_study(patient, "2026-03-01")
     oldest = chest_study(patient, "2025-12-24")
     after_current = chest_study(patient, "2026-12-20")
-    hand = chest_study(patient, "2026-10-05", views=("PA",), modality="CR", body_part="HAND",
-                       study_description="XR HAND")
+    hand = chest_study(
+        patient,
+        "2026-10-05",
+        views=("PA",),
+        modality="CR",
+        body_part="HAND",
+        study_description="XR HAND",
+    )
     scan = scanned_document_study(patient, "2026-11-01")
     seed(archive, current, older, expected, oldest, after_current, hand, scan)
 
@@ -88,7 +96,9 @@ def test_the_frontal_image_is_pa_before_ap_and_never_the_lateral(
     assert result.reason == "most recent earlier chest radiograph (2026-11-02)"
 
 
-def test_studies_on_the_same_day_share_that_days_prior(archive: Archive, new_patient: NewPatient) -> None:
+def test_studies_on_the_same_day_share_that_days_prior(
+    archive: Archive, new_patient: NewPatient
+) -> None:
     patient = new_patient()
     prior = chest_study(patient, "2026-11-20")
     morning = chest_study(patient, "2026-12-01", "081500")
@@ -112,7 +122,10 @@ def test_an_earlier_study_of_the_same_day_is_never_the_prior(
     result = find_prior(archive.client, facts_of(afternoon))
 
     assert not result.found
-    assert result.reason == f"{NO_EARLIER_STUDY} (studies left out: not before the current study's day)"
+    assert (
+        result.reason
+        == f"{NO_EARLIER_STUDY} (studies left out: not before the current study's day)"
+    )
 
 
 def test_a_prior_with_lateral_views_only_counts_as_no_prior(
@@ -141,7 +154,9 @@ def test_a_lateral_only_study_is_passed_over_for_an_older_frontal_one(
 
     result = find_prior(archive.client, facts_of(current))
 
-    assert result.study is not None and result.study.study_instance_uid == frontal[0].StudyInstanceUID
+    assert (
+        result.study is not None and result.study.study_instance_uid == frontal[0].StudyInstanceUID
+    )
     assert result.reason == (
         "most recent usable earlier chest radiograph (2026-06-01); "
         "more recent ones passed over: earlier study has lateral views only"
@@ -167,8 +182,14 @@ def test_when_every_earlier_study_is_unusable_each_reason_is_given(
     patient = new_patient()
     current = chest_study(patient, "2026-12-01")
     lateral = chest_study(patient, "2026-10-01", views=("LL",))
-    knee = chest_study(patient, "2026-08-01", views=("AP",), modality="CR", body_part="KNEE",
-                       study_description="XR KNEE")
+    knee = chest_study(
+        patient,
+        "2026-08-01",
+        views=("AP",),
+        modality="CR",
+        body_part="KNEE",
+        study_description="XR KNEE",
+    )
     seed(archive, current, lateral, knee)
 
     result = find_prior(archive.client, facts_of(current))
@@ -206,7 +227,10 @@ def test_the_same_patient_id_from_another_issuer_is_not_a_prior(
 
     result = find_prior(archive.client, facts_of(current))
 
-    assert result.study is not None and result.study.study_instance_uid == our_prior[0].StudyInstanceUID
+    assert (
+        result.study is not None
+        and result.study.study_instance_uid == our_prior[0].StudyInstanceUID
+    )
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # the PACS answers a partial date
@@ -224,7 +248,9 @@ def test_a_study_with_a_partial_date_cannot_be_ordered_and_is_left_out(
     assert result.study is not None and result.study.study_instance_uid == dated[0].StudyInstanceUID
 
 
-def test_a_compressed_prior_arrives_as_it_is_stored(archive: Archive, new_patient: NewPatient) -> None:
+def test_a_compressed_prior_arrives_as_it_is_stored(
+    archive: Archive, new_patient: NewPatient
+) -> None:
     patient = new_patient()
     current = chest_study(patient, "2026-12-01")
     prior = compressed_chest_study(patient, "2026-02-01")
@@ -254,7 +280,10 @@ def test_record_prior_writes_which_prior_and_why(archive: Archive, new_patient: 
     assert row.prior_study_uid == prior[0].StudyInstanceUID
     assert row.prior_sop_uid in sop_uids(prior, "PA")
     assert row.prior_study_date == "20261102"
-    assert row.prior_reason == "most recent earlier chest radiograph (2026-11-02); frontal image by ViewPosition PA"
+    assert (
+        row.prior_reason
+        == "most recent earlier chest radiograph (2026-11-02); frontal image by ViewPosition PA"
+    )
     # A stale version records nothing.
     assert not record_prior(archive.ledger, study.study_uid, study.version + 1, result)
 
@@ -266,7 +295,12 @@ def test_record_prior_says_why_there_is_none(archive: Archive, new_patient: NewP
     study = archive.ledger.get_study(current[0].StudyInstanceUID)
     assert study is not None
 
-    assert record_prior(archive.ledger, study.study_uid, study.version, find_prior(archive.client, facts_of(current)))
+    assert record_prior(
+        archive.ledger,
+        study.study_uid,
+        study.version,
+        find_prior(archive.client, facts_of(current)),
+    )
 
     row = archive.ledger.get_study(study.study_uid)
     assert row is not None
@@ -312,7 +346,9 @@ def test_pacs_down_during_lookup_is_transient_and_the_retry_finds_the_prior(
 
     assert down.value.transient
     message = str(down.value)
-    expected_peer = orthanc.dicomweb_url if name == "dicomweb" else f"127.0.0.1:{orthanc.dicom_port}"
+    expected_peer = (
+        orthanc.dicomweb_url if name == "dicomweb" else f"127.0.0.1:{orthanc.dicom_port}"
+    )
     assert expected_peer in message and "cannot connect" in message
     assert patient.patient_id not in message
 
@@ -335,10 +371,15 @@ def test_a_prior_fetched_by_c_move_is_kept_but_never_reported(
     assert result.image is not None and result.image.SOPInstanceUID in sop_uids(prior, "PA")
     prior_uid = prior[0].StudyInstanceUID
     moved = archive.ledger.instances_of(prior_uid)
-    assert [i.facts.sop_instance_uid for i in moved] == [result.image.SOPInstanceUID]  # one image, no more
+    assert [i.facts.sop_instance_uid for i in moved] == [
+        result.image.SOPInstanceUID
+    ]  # one image, no more
     archive.node.monitor.check_once()
     row = archive.ledger.get_study(prior_uid)
-    assert row is not None and (row.state, row.state_reason) == (StudyState.SKIPPED, RETRIEVED_REASON)
+    assert row is not None and (row.state, row.state_reason) == (
+        StudyState.SKIPPED,
+        RETRIEVED_REASON,
+    )
 
 
 def test_lookup_and_delivery_log_no_patient_data(
@@ -359,5 +400,7 @@ def test_lookup_and_delivery_log_no_patient_data(
     ours = [r for r in caplog.records if r.name.startswith(("libra_node", "dicomweb_client"))]
     assert any(r.name == "libra_node.prior" for r in ours)  # the lookup did log
     for record in ours:
-        text = record.getMessage() + " " + " ".join(map(str, getattr(record, "fields", {}).values()))
+        text = (
+            record.getMessage() + " " + " ".join(map(str, getattr(record, "fields", {}).values()))
+        )
         assert not [i for i in identifiers if i in text], record.name

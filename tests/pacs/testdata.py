@@ -23,7 +23,12 @@ from libra_node.ledger import Ledger, StudyState
 from libra_node.node import Node
 from libra_node.pacs import PacsClient
 from libra_node.selection import StudyFacts
-from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_study, make_secondary_capture
+from libra_node.synthetic import (
+    SyntheticPatient,
+    SyntheticStudy,
+    make_chest_study,
+    make_secondary_capture,
+)
 from orthanc_server import OrthancServer
 
 ORTHANC_AE = "ORTHANC"
@@ -59,7 +64,9 @@ def chest_study(
 
 def scanned_document_study(patient: SyntheticPatient, day: str) -> list[Dataset]:
     """A study holding only a scanned document (modality OT): not a radiograph."""
-    study = SyntheticStudy(patient=patient, study_date=dt.date.fromisoformat(day), study_description="SCAN")
+    study = SyntheticStudy(
+        patient=patient, study_date=dt.date.fromisoformat(day), study_description="SCAN"
+    )
     return [make_secondary_capture(study)]
 
 
@@ -138,8 +145,16 @@ def _object_in_study(source: Dataset, sop_class: str, modality: str) -> Dataset:
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     for keyword in (
-        "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-        "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+        "SpecificCharacterSet",
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "StudyID",
+        "AccessionNumber",
         "ReferringPhysicianName",
     ):
         if keyword in source:
@@ -178,7 +193,9 @@ def pacs_section(orthanc: OrthancServer, transport: str, **overrides: Any) -> di
     if transport == "dimse":
         section.update(host=orthanc.host, port=orthanc.dicom_port, ae_title=ORTHANC_AE)
     elif transport == "dicomweb":
-        section.update(url=orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password)
+        section.update(
+            url=orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password
+        )
     section.update(overrides)
     return section
 
@@ -195,7 +212,10 @@ def make_reported(node: Node, datasets: Sequence[Dataset]) -> tuple[str, int]:
     node.monitor.check_once(now=time.time() + 3600)  # complete it now, not after the quiet period
     study = node.ledger.get_study(study_uid)
     assert study is not None and study.state == StudyState.COMPLETE, study
-    for before, after in ((StudyState.COMPLETE, StudyState.QUEUED), (StudyState.QUEUED, StudyState.REPORTED)):
+    for before, after in (
+        (StudyState.COMPLETE, StudyState.QUEUED),
+        (StudyState.QUEUED, StudyState.REPORTED),
+    ):
         assert node.ledger.transition(study_uid, after, from_states=[before], version=study.version)
     return study_uid, study.version
 
@@ -203,12 +223,10 @@ def make_reported(node: Node, datasets: Sequence[Dataset]) -> tuple[str, int]:
 def tls_certificate(folder: Path) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key: (certificate, key)."""
     key, cert = folder / "key.pem", folder / "cert.pem"
+    request = "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1"
+    san = "subjectAltName=IP:127.0.0.1"
     subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
+        ["openssl", *request.split(), "-addext", san, "-keyout", str(key), "-out", str(cert)],
         check=True,
         capture_output=True,
     )
