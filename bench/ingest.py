@@ -27,11 +27,8 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from dicom_tools import free_port  # noqa: E402
-from orthanc_server import OrthancServer  # noqa: E402
-
-from libra_node.synthetic import SyntheticStudy, make_chest_image  # noqa: E402
+from libra_node.local_orthanc import LocalOrthanc, free_port
+from libra_node.synthetic import SyntheticStudy, make_chest_image
 
 ENV = dict(os.environ, TCP_NODELAY="1")  # dcmtk stalls ~40 ms per instance without it
 
@@ -135,7 +132,7 @@ def libra_node(workdir: Path) -> Iterator[Receiver]:
 
 @contextmanager
 def orthanc(workdir: Path) -> Iterator[Receiver]:
-    server = OrthancServer(workdir / "orthanc", extra_config={"DicomAlwaysAllowStore": True})
+    server = LocalOrthanc(workdir / "orthanc", extra_config={"DicomAlwaysAllowStore": True})
     server.start()
     try:
         yield Receiver("Orthanc", server.dicom_port, server.ae_title)

@@ -97,5 +97,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pynetdicom", "celery", "kombu", "urllib3", "httpx", "transformers"):
+    # dicomweb_client logs UIDs and patient IDs at INFO.
+    for noisy in ("pynetdicom", "celery", "kombu", "urllib3", "httpx", "transformers", "dicomweb_client"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

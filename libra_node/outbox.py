@@ -54,10 +54,13 @@ class OutboxItem:
     study_uid: str
     version: int
     sop_class_uid: str
-    # The SR of the same delivery: what the ledger records once all are stored.
+    # The SR of the same delivery: what the ledger records once all are stored
+    # (a later version of the study names it as its predecessor).
     report_sop_uid: str
     created_at: float
     deadline_at: float
+    report_series_uid: str = ""
+    report_sop_class_uid: str = ""
     attempts: int = 0
     next_attempt_at: float = 0.0
     last_error: str = ""
@@ -128,6 +131,8 @@ class Outbox:
                 version=version,
                 sop_class_uid=str(ds.get("SOPClassUID", "")),
                 report_sop_uid=str(report.SOPInstanceUID),
+                report_series_uid=str(report.get("SeriesInstanceUID", "")),
+                report_sop_class_uid=str(report.get("SOPClassUID", "")),
                 created_at=now,
                 deadline_at=now + self.deadline_seconds,
                 next_attempt_at=now,
@@ -217,6 +222,8 @@ class Outbox:
             now=now,
             delivered_at=now,
             sr_sop_uid=item.report_sop_uid,
+            sr_series_uid=item.report_series_uid,
+            sr_sop_class_uid=item.report_sop_class_uid,
             sr_version=item.version,
         )
         if not moved:

@@ -20,16 +20,16 @@ from libra_node.config import Settings
 from libra_node.node import Node
 from libra_node.pacs import open_pacs
 from libra_node.synthetic import SyntheticPatient
-from orthanc_server import Modality, OrthancServer, orthanc_available
+from libra_node.local_orthanc import Modality, LocalOrthanc, orthanc_available
 from pacs.testdata import NODE_AE, NODE_MODALITY, ORTHANC_AE, Archive, pacs_section, send_to_node
 
 # --- Orthanc ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
     assert orthanc_available(), "Orthanc and its DICOMweb plugin (Debian packages) are required"
-    server = OrthancServer(
+    server = LocalOrthanc(
         tmp_path_factory.mktemp("orthanc"),
         ae_title=ORTHANC_AE,
         # Registered with a placeholder port; tests that C-MOVE register the real one.
@@ -42,7 +42,7 @@ def orthanc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc
 
 
 @pytest.fixture
-def orthanc(orthanc_server: OrthancServer) -> OrthancServer:
+def orthanc(orthanc_server: LocalOrthanc) -> LocalOrthanc:
     """The module's Orthanc, running (again, if the previous test stopped it)."""
     orthanc_server.start()
     return orthanc_server
@@ -79,7 +79,7 @@ ARCHIVES = ["dimse-get", "dimse-move", "dicomweb", "local"]
 
 @pytest.fixture
 def open_archive(
-    orthanc: OrthancServer, node_settings: Callable[..., Settings], start_node: Callable[..., Node]
+    orthanc: LocalOrthanc, node_settings: Callable[..., Settings], start_node: Callable[..., Node]
 ) -> Iterator[Callable[..., Archive]]:
     """Open an archive by name ('dimse-get', 'dimse-move', 'dicomweb', 'local')."""
     opened: list[Archive] = []
@@ -118,7 +118,7 @@ def archive(request: pytest.FixtureRequest, open_archive: Callable[..., Archive]
 
 
 @pytest.fixture
-def node_ae_registered(orthanc: OrthancServer) -> Iterator[None]:
+def node_ae_registered(orthanc: LocalOrthanc) -> Iterator[None]:
     """Tests that remove the node from Orthanc's modalities put it back afterwards."""
     yield
     orthanc.register_modality(Modality(NODE_MODALITY, NODE_AE, "127.0.0.1", free_port()))

@@ -37,7 +37,7 @@ from libra_node.pacs import (
 )
 from libra_node.prior import find_prior
 from libra_node.synthetic import SyntheticPatient, make_secondary_capture, SyntheticStudy
-from orthanc_server import Modality, OrthancServer
+from libra_node.local_orthanc import Modality, LocalOrthanc
 from pacs.dcmqrscp_server import DcmQrScp
 from pacs.relays import StallingRelay, TlsFrontDoor
 from pacs.testdata import (
@@ -107,12 +107,12 @@ def token() -> str:
 
 
 @pytest.fixture(scope="module")
-def token_orthanc(tmp_path_factory: pytest.TempPathFactory, token: str) -> Iterator[OrthancServer]:
+def token_orthanc(tmp_path_factory: pytest.TempPathFactory, token: str) -> Iterator[LocalOrthanc]:
     """Orthanc behind a bearer-token filter, with DICOMweb roots that fail (Python plugin)."""
     folder = tmp_path_factory.mktemp("token-orthanc")
     script = folder / "pacs_plugin.py"
     script.write_text(PLUGIN_SCRIPT)
-    server = OrthancServer(
+    server = LocalOrthanc(
         folder,
         python_script=script,
         environment={"LIBRA_TEST_TOKEN": token},
@@ -131,7 +131,7 @@ class HttpsPacs:
 
 @pytest.fixture(scope="module")
 def https_pacs(
-    tmp_path_factory: pytest.TempPathFactory, orthanc_server: OrthancServer
+    tmp_path_factory: pytest.TempPathFactory, orthanc_server: LocalOrthanc
 ) -> Iterator[HttpsPacs]:
     """The module's Orthanc behind a TLS front door with a self-signed certificate."""
     certificate, key = tls_certificate(tmp_path_factory.mktemp("tls"))
@@ -171,7 +171,7 @@ def test_echo_answers_over_every_transport(archive: Archive) -> None:
 
 @pytest.mark.parametrize("transport", ["dimse", "dicomweb"])
 def test_echo_of_a_stopped_pacs_is_transient(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, transport: str
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, transport: str
 ) -> None:
     archive = open_archive(f"{transport}-get" if transport == "dimse" else transport)
     orthanc.stop()
@@ -180,7 +180,7 @@ def test_echo_of_a_stopped_pacs_is_transient(
 
 
 def test_an_ae_title_the_pacs_does_not_know_is_told_to_register(
-    orthanc: OrthancServer, new_patient: NewPatient
+    orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     patient = new_patient()
     with pytest.raises(PacsAccessDenied) as refused:
@@ -195,7 +195,7 @@ def test_an_ae_title_the_pacs_does_not_know_is_told_to_register(
     assert patient.patient_id not in message
 
 
-def test_a_wrong_called_ae_title_is_named(orthanc: OrthancServer) -> None:
+def test_a_wrong_called_ae_title_is_named(orthanc: LocalOrthanc) -> None:
     with pytest.raises(PacsRejected) as rejected:
         dimse(orthanc.dicom_port, called="NOT-ORTHANC").echo()
     message = str(rejected.value)
@@ -242,7 +242,7 @@ def test_a_hung_dimse_peer_times_out(hung_pacs: int) -> None:
     assert time.monotonic() - started < 3
 
 
-def test_a_pacs_that_hangs_in_the_middle_of_an_operation_times_out(orthanc: OrthancServer) -> None:
+def test_a_pacs_that_hangs_in_the_middle_of_an_operation_times_out(orthanc: LocalOrthanc) -> None:
     relay = StallingRelay((orthanc.host, orthanc.dicom_port))
     relay.start()
     try:
@@ -307,7 +307,7 @@ def test_fetching_a_missing_instance_says_not_found(
 
 
 def test_c_get_of_an_image_the_node_does_not_take_is_refused_in_plain_words(
-    orthanc: OrthancServer, new_patient: NewPatient
+    orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     scan = make_secondary_capture(SyntheticStudy(patient=new_patient()))
     scan.SOPClassUID = scan.file_meta.MediaStorageSOPClassUID = (
@@ -322,7 +322,7 @@ def test_c_get_of_an_image_the_node_does_not_take_is_refused_in_plain_words(
 
 @pytest.mark.usefixtures("node_ae_registered")
 def test_c_move_to_a_destination_orthanc_does_not_know_names_the_fix(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     # The node queries as LIBRA-QUERY, which Orthanc knows; its listener's AE
     # title, LIBRA, the C-MOVE destination, Orthanc does not.
@@ -399,7 +399,7 @@ def test_c_move_needs_the_ledger_and_the_spool() -> None:
 # --- DICOMweb --------------------------------------------------------------------------------
 
 
-def test_wrong_credentials_are_named_without_echoing_them(orthanc: OrthancServer) -> None:
+def test_wrong_credentials_are_named_without_echoing_them(orthanc: LocalOrthanc) -> None:
     client = DicomWebPacs(
         orthanc.dicomweb_url, username=orthanc.username, password="not-the-password"
     )
@@ -414,7 +414,7 @@ def test_wrong_credentials_are_named_without_echoing_them(orthanc: OrthancServer
     )
 
 
-def test_credentials_written_into_the_url_never_reach_a_message(orthanc: OrthancServer) -> None:
+def test_credentials_written_into_the_url_never_reach_a_message(orthanc: LocalOrthanc) -> None:
     url = f"http://{orthanc.username}:wrong-secret@127.0.0.1:{orthanc.http_port}/dicom-web"
     with pytest.raises(PacsAccessDenied) as refused:
         DicomWebPacs(url).echo()
@@ -422,13 +422,13 @@ def test_credentials_written_into_the_url_never_reach_a_message(orthanc: Orthanc
     assert f"DICOMweb service http://127.0.0.1:{orthanc.http_port}/dicom-web" in str(refused.value)
 
 
-def test_missing_credentials_say_which_settings_to_give(orthanc: OrthancServer) -> None:
+def test_missing_credentials_say_which_settings_to_give(orthanc: LocalOrthanc) -> None:
     with pytest.raises(PacsAccessDenied, match="the PACS requires credentials: set pacs.username"):
         DicomWebPacs(orthanc.dicomweb_url).echo()
 
 
 def test_a_bearer_token_opens_the_pacs(
-    token_orthanc: OrthancServer, token: str, new_patient: NewPatient
+    token_orthanc: LocalOrthanc, token: str, new_patient: NewPatient
 ) -> None:
     patient = new_patient()
     study = chest_study(patient, "2026-11-01")
@@ -439,7 +439,7 @@ def test_a_bearer_token_opens_the_pacs(
     ]
 
 
-def test_a_wrong_bearer_token_is_named(token_orthanc: OrthancServer) -> None:
+def test_a_wrong_bearer_token_is_named(token_orthanc: LocalOrthanc) -> None:
     with pytest.raises(PacsAccessDenied) as refused:
         DicomWebPacs(token_orthanc.dicomweb_url, token="wrong-token").echo()
     assert refused.value.http_status == 403
@@ -448,7 +448,7 @@ def test_a_wrong_bearer_token_is_named(token_orthanc: OrthancServer) -> None:
     )
 
 
-def test_http_503_is_transient(token_orthanc: OrthancServer, token: str) -> None:
+def test_http_503_is_transient(token_orthanc: LocalOrthanc, token: str) -> None:
     client = DicomWebPacs(f"{token_orthanc.url}/busy/dicom-web", token=token)
     with pytest.raises(PacsUnavailable) as busy:
         client.find_studies("ANYONE")
@@ -460,7 +460,7 @@ def test_http_503_is_transient(token_orthanc: OrthancServer, token: str) -> None
     ("reason", "expected"), [("A700", PacsUnavailable), ("0110", PacsRejected)]
 )
 def test_a_stow_that_stores_only_part_of_the_request_says_what_failed(
-    token_orthanc: OrthancServer, token: str, new_patient: NewPatient, reason: str, expected: type
+    token_orthanc: LocalOrthanc, token: str, new_patient: NewPatient, reason: str, expected: type
 ) -> None:
     report = draft_report(chest_study(new_patient(), "2026-12-01"))
     client = DicomWebPacs(f"{token_orthanc.url}/stow-fails-{reason}/dicom-web", token=token)
@@ -471,7 +471,7 @@ def test_a_stow_that_stores_only_part_of_the_request_says_what_failed(
 
 
 def test_an_answer_that_is_not_dicom_json_is_refused_in_plain_words(
-    orthanc: OrthancServer, new_patient: NewPatient
+    orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     orthanc.upload(
         chest_study(new_patient(), "2026-11-01")
@@ -485,7 +485,7 @@ def test_an_answer_that_is_not_dicom_json_is_refused_in_plain_words(
         client.find_studies("ANYONE")
 
 
-def test_a_url_that_is_not_a_dicomweb_root_says_so(orthanc: OrthancServer) -> None:
+def test_a_url_that_is_not_a_dicomweb_root_says_so(orthanc: LocalOrthanc) -> None:
     client = DicomWebPacs(
         f"{orthanc.url}/not-dicom-web", username=orthanc.username, password=orthanc.password
     )
@@ -496,7 +496,7 @@ def test_a_url_that_is_not_a_dicomweb_root_says_so(orthanc: OrthancServer) -> No
 
 
 def test_stow_of_an_object_the_pacs_cannot_take_is_refused(
-    orthanc: OrthancServer, new_patient: NewPatient
+    orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     report = draft_report(chest_study(new_patient(), "2026-12-01"))
     del report.StudyInstanceUID
@@ -508,7 +508,7 @@ def test_stow_of_an_object_the_pacs_cannot_take_is_refused(
 
 
 def test_an_instance_the_pacs_serves_without_preamble_is_refused_in_plain_words(
-    orthanc: OrthancServer, new_patient: NewPatient
+    orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     # Another STOW-RS client sent a file without preamble; Orthanc kept it as it came.
     study = chest_study(new_patient(), "2026-11-01")
@@ -532,7 +532,7 @@ def test_a_hung_dicomweb_service_times_out(hung_pacs: int) -> None:
 
 
 def test_tls_certificates_are_verified_by_default(
-    https_pacs: HttpsPacs, orthanc: OrthancServer
+    https_pacs: HttpsPacs, orthanc: LocalOrthanc
 ) -> None:
     client = DicomWebPacs(https_pacs.url, username=orthanc.username, password=orthanc.password)
     with pytest.raises(PacsTlsError, match="give the CA that signed it in pacs.ca_bundle"):
@@ -540,7 +540,7 @@ def test_tls_certificates_are_verified_by_default(
 
 
 def test_tls_with_the_pacs_ca_bundle_works(
-    https_pacs: HttpsPacs, orthanc: OrthancServer, new_patient: NewPatient
+    https_pacs: HttpsPacs, orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     patient = new_patient()
     study = chest_study(patient, "2026-11-01")
@@ -566,7 +566,7 @@ def test_tls_with_the_pacs_ca_bundle_works(
     "ignore::urllib3.exceptions.InsecureRequestWarning"
 )  # the point of the test
 def test_tls_verification_can_be_switched_off(
-    https_pacs: HttpsPacs, orthanc: OrthancServer
+    https_pacs: HttpsPacs, orthanc: LocalOrthanc
 ) -> None:
     DicomWebPacs(
         https_pacs.url, username=orthanc.username, password=orthanc.password, verify_tls=False

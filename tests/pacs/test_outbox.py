@@ -20,7 +20,7 @@ from libra_node.ledger import StudyState
 from libra_node.outbox import LOCK_FILE, Outbox
 from libra_node.pacs import LocalArchive
 from libra_node.synthetic import SyntheticPatient
-from orthanc_server import OrthancServer
+from libra_node.local_orthanc import LocalOrthanc
 from pacs.testdata import Archive, chest_study, draft_report, make_reported, pdf_rendition
 
 NewPatient = Callable[..., SyntheticPatient]
@@ -48,7 +48,7 @@ def stored_file(archive: Archive, study_uid: str, sop_uid: str) -> Path:
     return archive.client.stored_path(study_uid, sop_uid)
 
 
-def in_pacs(archive: Archive, orthanc: OrthancServer, study_uid: str, sop_uid: str) -> int:
+def in_pacs(archive: Archive, orthanc: LocalOrthanc, study_uid: str, sop_uid: str) -> int:
     """How many copies of the object the destination holds."""
     if archive.name == "local":
         return int(stored_file(archive, study_uid, sop_uid).is_file())
@@ -61,7 +61,7 @@ def destination(request: pytest.FixtureRequest, open_archive: Callable[..., Arch
 
 
 def test_the_report_and_its_pdf_are_delivered_and_recorded(
-    destination: Archive, orthanc: OrthancServer, new_patient: NewPatient
+    destination: Archive, orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     current = chest_study(new_patient(), "2026-12-01")
     study_uid, version = make_reported(destination.node, current)
@@ -118,7 +118,7 @@ def test_what_is_delivered_reads_back_as_a_complete_dicom_file(
 
 
 def test_delivering_the_same_report_again_is_harmless(
-    destination: Archive, orthanc: OrthancServer, new_patient: NewPatient
+    destination: Archive, orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     current = chest_study(new_patient(), "2026-12-01")
     study_uid, version = make_reported(destination.node, current)
@@ -139,7 +139,7 @@ def test_delivering_the_same_report_again_is_harmless(
 
 @pytest.mark.parametrize("name", ["dimse-get", "dicomweb"])
 def test_pacs_down_during_delivery_the_outbox_delivers_once_it_is_back(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient, name: str
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient, name: str
 ) -> None:
     archive = open_archive(name)
     current = chest_study(new_patient(), "2026-12-01")
@@ -174,7 +174,7 @@ def test_pacs_down_during_delivery_the_outbox_delivers_once_it_is_back(
 
 
 def test_retries_back_off_exponentially_up_to_the_cap(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     archive = open_archive("dimse-get")
     current = chest_study(new_patient(), "2026-12-01")
@@ -194,7 +194,7 @@ def test_retries_back_off_exponentially_up_to_the_cap(
 
 
 def test_past_the_deadline_the_item_fails_and_so_does_the_study(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     archive = open_archive("dicomweb", delivery_deadline_seconds=60)
     current = chest_study(new_patient(), "2026-12-01")
@@ -222,7 +222,7 @@ def test_past_the_deadline_the_item_fails_and_so_does_the_study(
 
 
 def test_a_study_is_delivered_only_when_all_its_objects_are(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient
 ) -> None:
     archive = open_archive("dicomweb", delivery_deadline_seconds=30)
     current = chest_study(new_patient(), "2026-12-01")

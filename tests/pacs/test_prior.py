@@ -17,7 +17,7 @@ from libra_node.pacs import PacsUnavailable
 from libra_node.prior import NO_EARLIER_STUDY, current_study_facts, find_prior, record_prior
 from libra_node.selection import StudyFacts
 from libra_node.synthetic import SyntheticPatient
-from orthanc_server import OrthancServer
+from libra_node.local_orthanc import LocalOrthanc
 from pacs.testdata import (
     Archive,
     chest_study,
@@ -332,7 +332,7 @@ def test_a_current_study_that_cannot_be_matched_gets_no_prior_and_the_reason(
 
 @pytest.mark.parametrize("name", ["dimse-get", "dimse-move", "dicomweb"])
 def test_pacs_down_during_lookup_is_transient_and_the_retry_finds_the_prior(
-    open_archive: Callable[..., Archive], orthanc: OrthancServer, new_patient: NewPatient, name: str
+    open_archive: Callable[..., Archive], orthanc: LocalOrthanc, new_patient: NewPatient, name: str
 ) -> None:
     archive = open_archive(name)
     patient = new_patient()

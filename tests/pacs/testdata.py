@@ -29,7 +29,7 @@ from libra_node.synthetic import (
     make_chest_study,
     make_secondary_capture,
 )
-from orthanc_server import OrthancServer
+from libra_node.local_orthanc import LocalOrthanc
 
 ORTHANC_AE = "ORTHANC"
 NODE_AE = "LIBRA"  # the listener's default AE title, which the node also calls with
@@ -187,7 +187,7 @@ class Archive:
         return self.node.ledger
 
 
-def pacs_section(orthanc: OrthancServer, transport: str, **overrides: Any) -> dict[str, Any]:
+def pacs_section(orthanc: LocalOrthanc, transport: str, **overrides: Any) -> dict[str, Any]:
     """The [pacs] settings that point the node at the test Orthanc."""
     section: dict[str, Any] = {"transport": transport, "timeout_seconds": TIMEOUT}
     if transport == "dimse":

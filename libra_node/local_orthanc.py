@@ -1,6 +1,6 @@
-"""A real Orthanc (Debian packages) for tests: configured, started, stopped, torn down.
+"""A local Orthanc (Debian packages): configured, started, stopped, torn down.
 
-``OrthancServer`` writes one JSON configuration into a temporary folder (free
+The demo's ``--pacs orthanc`` and the tests use it as the PACS. ``LocalOrthanc`` writes one JSON configuration into a temporary folder (free
 loopback ports, HTTP basic authentication, storage and index in that folder,
 the DICOMweb plugin, optionally the Python plugin with a script), runs
 ``Orthanc CONFIG.json`` and waits until its REST API answers. It can be
@@ -8,7 +8,7 @@ stopped and started again on the same ports and storage, which is how tests
 take "the PACS" down and bring it back.
 
 Orthanc 1.10 has no bind-address option: its ports listen on all interfaces.
-Tests only ever connect to 127.0.0.1, and authentication stays on.
+The node only ever connects to 127.0.0.1, and authentication stays on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterable
@@ -29,11 +30,16 @@ import requests
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset
 
-from dicom_tools import free_port
 
 PLUGIN_FOLDER = Path("/usr/share/orthanc/plugins")
 DICOMWEB_PLUGIN = PLUGIN_FOLDER / "libOrthancDicomWeb.so"
 PYTHON_PLUGIN = PLUGIN_FOLDER / "libOrthancPython.so"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def orthanc_binary() -> str | None:
@@ -59,7 +65,7 @@ class Modality:
         return [self.ae_title, self.host, self.port]
 
 
-class OrthancServer:
+class LocalOrthanc:
     """One Orthanc process with its own configuration, ports and storage."""
 
     def __init__(
@@ -121,7 +127,7 @@ class OrthancServer:
         storage = self.workdir / "storage"
         plugins = [str(DICOMWEB_PLUGIN)]
         config: dict[str, object] = {
-            "Name": "libra-test-pacs",
+            "Name": "libra-local-pacs",
             "StorageDirectory": str(storage),
             "IndexDirectory": str(storage),
             "TemporaryDirectory": str(self.workdir / "tmp"),
@@ -209,7 +215,7 @@ class OrthancServer:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> "LocalOrthanc":
         self.start()
         return self
 
@@ -257,3 +263,9 @@ class OrthancServer:
     def remove_modality(self, name: str) -> None:
         self.rest("DELETE", f"/modalities/{name}")
         self.modalities = [m for m in self.modalities if m.name != name]
+
+    def instance_file(self, sop_instance_uid: str) -> bytes:
+        """The stored DICOM file of an instance, found by its SOP Instance UID."""
+        found = self.rest("POST", "/tools/lookup", data=sop_instance_uid).json()
+        instance = next(item for item in found if item["Type"] == "Instance")
+        return self.rest("GET", f"/instances/{instance['ID']}/file").content
