@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 _HASH_KEY_ENV = "LIBRA_LOG_HASH_KEY"
+OWN_LOGGERS = ("libra_node", "workers")
 _DEFAULT_HASH_KEY = b"libra-node"
 
 
@@ -82,6 +83,22 @@ class EventLogger:
         self._log(logging.ERROR, event, exc_info=exc_info, **fields)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now, not to the one it was created with
+    (tests and embedding applications replace sys.stderr)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def get_logger(name: str) -> EventLogger:
     return EventLogger(name)
 
@@ -89,14 +106,15 @@ def get_logger(name: str) -> EventLogger:
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send the node's logs to stderr; keep library chatter out of them.
 
-    pynetdicom logs dataset contents at DEBUG and peers' AE titles at INFO,
-    so it is held at WARNING whatever the node's own level.
+    Only the node's own loggers follow ``level``. Every library stays at
+    WARNING or above: several log patient IDs, UIDs or whole datasets at
+    INFO and DEBUG (pynetdicom, dicomweb_client, highdicom).
     """
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # dicomweb_client logs UIDs and patient IDs at INFO.
-    for noisy in ("pynetdicom", "celery", "kombu", "urllib3", "httpx", "transformers", "dicomweb_client"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    node_level = logging.getLevelName(level.upper())
+    root.setLevel(max(logging.WARNING, node_level))
+    for own in OWN_LOGGERS:
+        logging.getLogger(own).setLevel(node_level)

@@ -14,6 +14,7 @@ from libra_node.report import DocumentReference, build_sr
 
 
 def show(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()  # only what `show` itself prints counts
     status = main(["show", str(path)])
     captured = capsys.readouterr()
     return status, captured.out, captured.err
