@@ -29,6 +29,41 @@ log = get_logger(__name__)
 OnComplete = Callable[[str, int], None]
 
 
+def finish_study(ledger: Ledger, study: Study, rule: str, now: float | None = None) -> StudyState | None:
+    """Classify a study that is complete by ``rule`` and record the outcome.
+
+    A chest radiograph with a frontal image becomes COMPLETE (with the image
+    and the rule that chose it), anything else SKIPPED with the reason.
+    None: the study changed since it was read (a new instance), nothing done.
+    """
+    now = time.time() if now is None else now
+    images = [instance.facts for instance in ledger.instances_of(study.study_uid)]
+    classification = classify_study(images, study.study_description)
+    frontal = choose_frontal(images) if classification.is_chest_radiograph else None
+    if not classification.is_chest_radiograph:
+        state, reason, extra = StudyState.SKIPPED, classification.reason, {}
+    elif frontal is None:
+        state, reason, extra = StudyState.SKIPPED, "chest radiograph without a frontal view", {}
+    else:
+        state, reason = StudyState.COMPLETE, classification.reason
+        extra = {"frontal_sop_uid": frontal.image.sop_instance_uid, "frontal_rule": frontal.rule}
+    if not ledger.complete(study.study_uid, study.last_instance_at, state, reason, rule, now=now, **extra):
+        return None
+    METRICS.studies_completed.labels(outcome=state.value).inc()
+    METRICS.stage_seconds.labels(stage="receive_to_complete").observe(
+        max(0.0, now - study.first_instance_at)
+    )
+    log.info(
+        "study.complete",
+        study=phi_hash(study.study_uid),
+        version=study.version,
+        rule=rule,
+        state=state.value,
+        reason=reason,
+    )
+    return state
+
+
 class CompletionTracker:
     """Which studies have an association still open, in memory.
 
@@ -99,32 +134,9 @@ class CompletionMonitor:
         return completed
 
     def _finish(self, study: Study, rule: str, now: float) -> bool:
-        images = [instance.facts for instance in self.ledger.instances_of(study.study_uid)]
-        classification = classify_study(images, study.study_description)
-        frontal = choose_frontal(images) if classification.is_chest_radiograph else None
-        if not classification.is_chest_radiograph:
-            state, reason, extra = StudyState.SKIPPED, classification.reason, {}
-        elif frontal is None:
-            state, reason, extra = StudyState.SKIPPED, "chest radiograph without a frontal image", {}
-        else:
-            state, reason = StudyState.COMPLETE, classification.reason
-            extra = {"frontal_sop_uid": frontal.image.sop_instance_uid, "frontal_rule": frontal.rule}
-        if not self.ledger.complete(
-            study.study_uid, study.last_instance_at, state, reason, rule, now=now, **extra
-        ):
+        state = finish_study(self.ledger, study, rule, now)
+        if state is None:
             return False  # an instance arrived meanwhile: wait for the next quiet period
-        METRICS.studies_completed.labels(outcome=state.value).inc()
-        METRICS.stage_seconds.labels(stage="receive_to_complete").observe(
-            max(0.0, now - study.first_instance_at)
-        )
-        log.info(
-            "study.complete",
-            study=phi_hash(study.study_uid),
-            version=study.version,
-            rule=rule,
-            state=state.value,
-            reason=reason,
-        )
         if state is StudyState.COMPLETE and self.on_complete is not None:
             self.on_complete(study.study_uid, study.version)
         return True

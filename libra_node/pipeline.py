@@ -17,7 +17,7 @@ import datetime as dt
 import io
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import numpy as np
@@ -65,6 +65,7 @@ class InferenceJob:
     current_image: ImageReference
     prior_image: ImageReference | None
     prior_study_date: str  # DICOM DA, empty without a prior
+    header: dict[str, Any]  # the current image's header as DICOM JSON, for the SR
 
     def to_message(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class InferenceJob:
             "current_image": self.current_image.to_dict(),
             "prior_image": self.prior_image.to_dict() if self.prior_image else None,
             "prior_study_date": self.prior_study_date,
+            "header": self.header,
         }
 
     @classmethod
@@ -91,6 +93,7 @@ class InferenceJob:
             if message.get("prior_image")
             else None,
             prior_study_date=message.get("prior_study_date", ""),
+            header=message["header"],
         )
 
 
@@ -148,21 +151,41 @@ def fail(ledger: Ledger, study_uid: str, version: int, reason: str) -> None:
 # --- stage 1 (io): prior lookup and image preparation -------------------------------
 
 
-def read_current_frontal(ledger: Ledger, spool: Spool, study: Study) -> tuple[Dataset, ImageReference]:
+def read_current_frontal(
+    ledger: Ledger, spool: Spool, pacs: PacsClient, study: Study
+) -> tuple[Dataset, ImageReference]:
+    """The chosen frontal image: from the spool, or from the PACS for studies
+    the node never received itself (the Orthanc plugin's)."""
     instance = ledger.get_instance(study.frontal_sop_uid)
     if instance is None:
         raise StageFailed("the chosen frontal image is no longer in the ledger")
+    facts = instance.facts
+    reference = ImageReference(
+        facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid, facts.sop_class_uid
+    )
+    if not instance.file_path:
+        return pacs.fetch_instance(*astuple(reference)[:3]), reference
     try:
         dataset = dcmread(spool.path(instance.file_path))
     except FileNotFoundError as exc:
         raise StageFailed("the chosen frontal image is missing from the spool") from exc
     except Exception as exc:  # pydicom raises many types for damaged files
         raise StageFailed(f"the frontal image cannot be read ({type(exc).__name__})") from exc
-    facts = instance.facts
-    reference = ImageReference(
-        facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid, facts.sop_class_uid
-    )
     return dataset, reference
+
+
+# Value representations of bulk data: never needed by the SR, often megabytes.
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def report_header(dataset: Dataset) -> dict[str, Any]:
+    """The current image's header as DICOM JSON: public attributes, no bulk data."""
+    header = Dataset()
+    for element in dataset:
+        if element.tag.is_private or element.VR in _BULK_VRS or element.tag == 0x7FE00010:
+            continue
+        header.add(element)
+    return header.to_json_dict()
 
 
 def model_input(dataset: Dataset, settings: Settings, what: str) -> np.ndarray:
@@ -201,7 +224,7 @@ def prepare_job(
     if study is None:
         return None
     ledger.touch(study_uid, version, StudyState.QUEUED, "looking up the prior")
-    current, current_ref = read_current_frontal(ledger, spool, study)
+    current, current_ref = read_current_frontal(ledger, spool, pacs, study)
     current_pixels = model_input(current, settings, "current")
     prior = find_prior(pacs, current_study_facts(study))
     prior_pixels, prior_ref, prior_date = None, None, ""
@@ -224,6 +247,7 @@ def prepare_job(
         current_image=current_ref,
         prior_image=prior_ref,
         prior_study_date=prior_date,
+        header=report_header(current),
     )
 
 
@@ -265,7 +289,6 @@ def predecessor_of(study: Study, version: int) -> DocumentReference | None:
 def write_report(
     settings: Settings,
     ledger: Ledger,
-    spool: Spool,
     outbox: Outbox,
     job: dict[str, Any],
     findings: str,
@@ -285,7 +308,7 @@ def write_report(
     text = clean_findings(findings)
     if not text:
         raise StageFailed("the model produced no findings text")
-    header = read_header(ledger, spool, study)
+    header = Dataset.from_json(job["header"])
     prior_image = job.get("prior_image")
     draft = DraftReport(
         current_header=header,
@@ -309,10 +332,3 @@ def write_report(
         return False
     outbox.put(study_uid, version, documents)
     return True
-
-
-def read_header(ledger: Ledger, spool: Spool, study: Study) -> Dataset:
-    instance = ledger.get_instance(study.frontal_sop_uid)
-    if instance is None:
-        raise StageFailed("the chosen frontal image is no longer in the ledger")
-    return dcmread(spool.path(instance.file_path), stop_before_pixels=True)

@@ -120,7 +120,7 @@ def deliver(task: Task, job: dict[str, Any], result: dict[str, Any], model: dict
     study_uid, version = job["study_uid"], int(job["version"])
     try:
         pipeline.write_report(
-            resources.settings, resources.ledger, resources.spool, resources.outbox,
+            resources.settings, resources.ledger, resources.outbox,
             job, result["text"], ModelIdentity.from_dict(model),
         )
     except pipeline.StageFailed as exc:
