@@ -54,7 +54,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     _share_metrics_between_processes(settings)
     from libra_node.node import serve_until_signalled
 
-    return serve_until_signalled(settings)
+    try:
+        return serve_until_signalled(settings)
+    except OSError as exc:  # a port in use, a folder that cannot be written
+        print(f"libra-node: cannot start: {exc}", file=sys.stderr)
+        return 1
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -73,19 +77,34 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_worker(args: argparse.Namespace) -> int:
+    import os
+
     from workers.launch import run_worker
 
     settings = _settings(args)
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
-    if settings.metrics.port and not __import__("os").environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from libra_node.ops_endpoint import OpsEndpoint, metrics_registry
-
-        OpsEndpoint(settings.metrics.host, settings.metrics.port, metrics_registry(), {}).start()
+    if settings.metrics.port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _start_worker_metrics(settings)
     try:
         return run_worker(settings, queues)
     except ValueError as exc:
         print(f"libra-node: {exc}", file=sys.stderr)
         return 2
+
+
+def _start_worker_metrics(settings: Settings) -> None:
+    """A worker's own /metrics; a port already taken costs the endpoint, not the worker."""
+    from libra_node.logs import get_logger
+    from libra_node.ops_endpoint import OpsEndpoint, metrics_registry
+
+    try:
+        endpoint = OpsEndpoint(settings.metrics.host, settings.metrics.port, metrics_registry(), {})
+    except OSError as exc:
+        get_logger("libra_node.cli").warning(
+            "worker.metrics_not_started", port=settings.metrics.port, error=exc.strerror
+        )
+        return
+    endpoint.start()
 
 
 def _add_worker(sub: argparse._SubParsersAction) -> None:

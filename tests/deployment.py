@@ -101,13 +101,21 @@ class NodeDeployment:
             "metrics": {"port": self.metrics_port},
             "broker": {"stuck_after_seconds": 300, "reconcile_every_seconds": 1},
         }
-        for section, values in sections.items():
-            base.setdefault(section, {}).update(values)
-        self.config = write_toml(workdir / "node.toml", base)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.sections = base
+        self.config = workdir / "node.toml"
+        self.configure(**sections)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def configure(self, **sections: dict[str, Any]) -> None:
+        """Change settings; processes started afterwards use them."""
+        for section, values in sections.items():
+            self.sections.setdefault(section, {}).update(values)
+        write_toml(self.config, self.sections)
+
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("LIBRA_")}
+        environment.update(env or {})
         log = (self.workdir / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "libra_node", *args, "--config", str(self.config)],
@@ -128,8 +136,11 @@ class NodeDeployment:
             time.sleep(0.1)
         raise RuntimeError(f"serve did not become ready:\n{self.log('serve')}")
 
-    def start_worker(self, queues: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"worker-{queues}", "worker", "--queues", queues)
+    def start_worker(self, queues: str, **settings: str) -> subprocess.Popen[bytes]:
+        """A worker; ``settings`` override the configuration, e.g. MODEL__BATCH_WAIT_SECONDS="3"."""
+        # Workers on this host leave the metrics port to serve.
+        env = {f"LIBRA_{key}": value for key, value in {"METRICS__PORT": "0", **settings}.items()}
+        return self._spawn(f"worker-{queues}", "worker", "--queues", queues, env=env)
 
     def kill(self, name: str) -> None:
         process = self.processes.pop(name)
