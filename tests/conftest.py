@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture
 def make_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SettingsFactory:
     """Settings for a node confined to tmp_path, on a free port, fast completion."""
-    for variable in [v for v in __import__("os").environ if v.startswith("LIBRA_")]:
+    for variable in [v for v in os.environ if v.startswith("LIBRA_")]:
         monkeypatch.delenv(variable)
 
     def factory(**sections: dict[str, Any]) -> Settings:
