@@ -96,7 +96,7 @@ class LedgerSettings(Section):
 
 
 class PacsSettings(Section):
-    transport: Literal["none", "dimse", "dicomweb"] = "none"
+    transport: Literal["none", "dimse", "dicomweb", "orthanc"] = "none"
     host: str = "127.0.0.1"
     port: int = Field(4242, ge=1, le=65535)
     ae_title: str = Field("ORTHANC", min_length=1, max_length=16)

@@ -1,10 +1,11 @@
-"""One PACS interface, three ways to reach an archive.
+"""One PACS interface, four ways to reach an archive.
 
 ``open_pacs(settings)`` gives the client that pacs.transport names:
 "dimse" (C-FIND, C-GET or C-MOVE, C-STORE), "dicomweb" (QIDO-RS, WADO-RS,
-STOW-RS) or "none" (the node's own ledger and spool as the archive, the
-report folder as the destination). Callers see only ``PacsClient`` and the
-``PacsError`` hierarchy; ``error.transient`` says whether to retry.
+STOW-RS), "orthanc" (Orthanc's REST API) or "none" (the node's own ledger and
+spool as the archive, the report folder as the destination). Callers see
+only ``PacsClient`` and the ``PacsError`` hierarchy; ``error.transient``
+says whether to retry.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from libra_node.pacs.base import (
 from libra_node.pacs.dicomweb import DicomWebPacs
 from libra_node.pacs.dimse import DimsePacs
 from libra_node.pacs.local import LocalArchive
+from libra_node.pacs.orthanc_rest import OrthancRestPacs
 from libra_node.spool import Spool
 
 __all__ = [
     "DicomWebPacs",
     "DimsePacs",
     "LocalArchive",
+    "OrthancRestPacs",
     "PacsAccessDenied",
     "PacsClient",
     "PacsError",
@@ -54,6 +57,8 @@ def open_pacs(
     transport = settings.pacs.transport
     if transport == "dicomweb":
         return DicomWebPacs.from_settings(settings)
+    if transport == "orthanc":
+        return OrthancRestPacs.from_settings(settings)
     if transport == "dimse" and settings.pacs.retrieve == "get":
         return DimsePacs.from_settings(settings)
     owns_ledger = ledger is None

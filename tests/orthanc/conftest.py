@@ -1,0 +1,37 @@
+"""Fixtures for the Orthanc tests: one plain Orthanc per module, fresh patients per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from libra_node.local_orthanc import LocalOrthanc, orthanc_available
+from libra_node.synthetic import SyntheticPatient
+
+
+@pytest.fixture(scope="module")
+def plain_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalOrthanc]:
+    """Orthanc with the DICOMweb plugin only; tests that stop it leave restarting to ``orthanc``."""
+    assert orthanc_available(), "Orthanc and its DICOMweb plugin (Debian packages) are required"
+    server = LocalOrthanc(tmp_path_factory.mktemp("orthanc"), stable_age=1)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def orthanc(plain_orthanc: LocalOrthanc) -> LocalOrthanc:
+    plain_orthanc.start()
+    return plain_orthanc
+
+
+@pytest.fixture
+def new_patient() -> Callable[..., SyntheticPatient]:
+    """A patient no other test uses (patient IDs name the test run, never a person)."""
+
+    def make(issuer: str = "") -> SyntheticPatient:
+        return SyntheticPatient(patient_id=f"ORT-{uuid.uuid4().hex[:12]}", issuer=issuer)
+
+    return make
