@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -206,6 +207,17 @@ def _status(status: int, comment: str = "") -> Dataset:
     return ds
 
 
+def disable_nagle(event: Event) -> None:
+    """Send each PDU at once (EVT_CONN_OPEN handler, both ends of DIMSE).
+
+    DIMSE is request/response: Nagle's algorithm meeting the peer's delayed
+    ACK costs up to 40 ms per exchange, several times per association.
+    """
+    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _host_allowed(address: str, allowed: list[str]) -> bool:
     """Allowed entries are addresses or networks (10.0.0.0/8); empty allows all."""
     if not allowed:
@@ -290,6 +302,7 @@ class StorageListener:
             (evt.EVT_REQUESTED, self._handle_requested),
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_closed),
+            (evt.EVT_CONN_OPEN, disable_nagle),
         ]
         self.server = self.ae.start_server(
             (listener.host, listener.port),

@@ -60,6 +60,7 @@ from pynetdicom.status import (
 
 from libra_node.config import Settings
 from libra_node.ledger import Ledger
+from libra_node.listener import disable_nagle
 from libra_node.logs import get_logger, phi_hash
 from libra_node.pacs.base import (
     PacsAccessDenied,
@@ -414,7 +415,11 @@ class DimsePacs(PacsClient):
             contexts=contexts,
             ae_title=self.called_ae_title,
             ext_neg=list(roles) or None,
-            evt_handlers=[(evt.EVT_ACSE_RECV, watch.on_acse), *handlers],
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, disable_nagle),
+                (evt.EVT_ACSE_RECV, watch.on_acse),
+                *handlers,
+            ],
         )
         if not assoc.is_established:
             raise self._association_failure(operation, watch, time.monotonic() - started)
