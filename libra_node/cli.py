@@ -312,6 +312,40 @@ def _run_report(args: argparse.Namespace) -> int:
     if generator.is_demo:
         print("UNTRAINED DEMO MODEL (random weights): the text below is meaningless, not a report.")
     print(draft.result.text)
+    if args.out is not None:
+        return _write_offline_sr(draft, generator.identity, settings, args.out)
+    return 0
+
+
+def _write_offline_sr(draft, model, settings: Settings, out: Path) -> int:  # type: ignore[no-untyped-def]
+    """The SR of an offline draft: needs DICOM inputs, for the patient and study it belongs to."""
+    import datetime as dt
+
+    from pydicom.dataset import Dataset
+
+    from libra_node.pipeline import clean_findings, image_reference, parse_da
+    from libra_node.report import DraftReport, InvalidDraftError, build_sr
+
+    if not isinstance(draft.current, Dataset):
+        print("libra-node: --out needs a DICOM current image (the SR joins its study)", file=sys.stderr)
+        return 2
+    prior = draft.prior if isinstance(draft.prior, Dataset) else None
+    try:
+        report = DraftReport(
+            current_header=draft.current,
+            current_images=[image_reference(draft.current)],
+            prior_images=[image_reference(prior)] if prior is not None else [],
+            prior_study_date=parse_da(str(prior.get("StudyDate", ""))) if prior is not None else None,
+            findings=clean_findings(draft.result.text),
+            context=draft.context,
+            model=model,
+            created_at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0),
+        )
+    except InvalidDraftError as exc:
+        print(f"libra-node: cannot write the SR: {exc}", file=sys.stderr)
+        return 1
+    build_sr(report, settings.report).save_as(out, enforce_file_format=True)
+    print(f"SR written to {out}")
     return 0
 
 
@@ -328,6 +362,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--vision", metavar="DIR", type=Path, help="RAD-DINO folder (default: model.vision_path, else DIR/rad-dino)"
     )
+    parser.add_argument("--out", metavar="SR.dcm", type=Path, help="also write the draft as a DICOM SR")
     _add_config_option(parser)
     parser.set_defaults(handler=_run_report)
 

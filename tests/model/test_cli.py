@@ -145,3 +145,46 @@ def test_fetch_in_offline_mode_says_so(tmp_path: Path) -> None:
     completed, _ = run_fetch(tmp_path, HF_HUB_OFFLINE="1")
     assert completed.returncode == 1
     assert "offline mode is on (HF_HUB_OFFLINE)" in completed.stderr
+
+
+def test_report_out_writes_a_valid_sr_referencing_current_and_prior(
+    tiny_7b_dir: Path, short_config: Path, tmp_path: Path, capsys
+) -> None:
+    import datetime as dt
+
+    from pydicom import dcmread
+
+    from dicom_tools import dciodvfy_errors, evidence_uids
+    from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_image
+
+    patient = SyntheticPatient(patient_id="OFFLINE-1")
+    prior = make_chest_image(SyntheticStudy(patient=patient, study_date=dt.date(2026, 2, 3)), "PA")
+    current = make_chest_image(SyntheticStudy(patient=patient), "PA")
+    prior.save_as(tmp_path / "prior.dcm", enforce_file_format=True)
+    current.save_as(tmp_path / "current.dcm", enforce_file_format=True)
+    out = tmp_path / "sr.dcm"
+
+    code = main(["report", str(tmp_path / "current.dcm"), "--prior", str(tmp_path / "prior.dcm"),
+                 "--model", str(tiny_7b_dir), "--config", str(short_config), "--out", str(out)])
+
+    assert code == 0
+    assert f"SR written to {out}" in capsys.readouterr().out
+    assert dciodvfy_errors(out) == []
+    sr = dcmread(out)
+    assert sr.StudyInstanceUID == current.StudyInstanceUID
+    assert current.SOPInstanceUID in evidence_uids(sr, "CurrentRequestedProcedureEvidenceSequence")
+    assert prior.SOPInstanceUID in evidence_uids(sr, "PertinentOtherEvidenceSequence")
+
+
+def test_report_out_needs_a_dicom_current_image(
+    tiny_7b_dir: Path, short_config: Path, tmp_path: Path, capsys
+) -> None:
+    current = tmp_path / "current.png"
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(current)
+
+    code = main(["report", str(current), "--model", str(tiny_7b_dir), "--config", str(short_config),
+                 "--out", str(tmp_path / "sr.dcm")])
+
+    assert code == 2
+    assert "--out needs a DICOM current image" in capsys.readouterr().err
+    assert not (tmp_path / "sr.dcm").exists()
