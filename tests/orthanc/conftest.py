@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +37,10 @@ def new_patient() -> Callable[..., SyntheticPatient]:
         return SyntheticPatient(patient_id=f"ORT-{uuid.uuid4().hex[:12]}", issuer=issuer)
 
     return make
+
+
+# The plugin's modules live in orthanc/, which Orthanc puts on its Python path;
+# the tests drive the same modules in process.
+PLUGIN_FOLDER = Path(__file__).resolve().parents[2] / "orthanc"
+if str(PLUGIN_FOLDER) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_FOLDER))
