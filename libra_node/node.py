@@ -20,7 +20,20 @@ from libra_node.ledger import Ledger, StudyState
 from libra_node.listener import StorageListener, recover_spool
 from libra_node.logs import get_logger, phi_hash
 from libra_node.metrics import METRICS
+from libra_node.ops_endpoint import OpsEndpoint, PipelineStateCollector, metrics_registry
+from libra_node.outbox import Outbox
+from libra_node.reconciler import Reconciler
 from libra_node.spool import Spool
+from workers.app import (
+    DELIVER_OUTBOX_TASK,
+    GPU_QUEUE,
+    IO_QUEUE,
+    PREPARE_TASK,
+    create_app,
+    queue_depths,
+    workers_consuming,
+)
+from workers.launch import WorkerSupervisor
 
 log = get_logger(__name__)
 
@@ -31,14 +44,9 @@ class PipelineDriver:
     """The node's side of the pipeline: hand-off to Celery, reconciler, worker children."""
 
     def __init__(self, settings: Settings, ledger: Ledger) -> None:
-        from libra_node.outbox import Outbox
-        from libra_node.reconciler import Reconciler
-        from workers.app import DELIVER_OUTBOX_TASK, IO_QUEUE, PREPARE_TASK, create_app
-
         self.settings = settings
         self.ledger = ledger
         self.app = create_app(settings)
-        self._prepare_task, self._outbox_task, self._io_queue = PREPARE_TASK, DELIVER_OUTBOX_TASK, IO_QUEUE
         self.outbox = Outbox.from_settings(settings, ledger)
         self.reconciler = Reconciler(
             ledger,
@@ -50,9 +58,7 @@ class PipelineDriver:
         )
         self.workers = self._worker_supervisor() if settings.spawns_workers else None
 
-    def _worker_supervisor(self):  # type: ignore[no-untyped-def]
-        from workers.launch import WorkerSupervisor
-
+    def _worker_supervisor(self) -> WorkerSupervisor:
         groups = [["io"]]
         if self.settings.model.path is not None:
             groups.append(["gpu"])
@@ -62,10 +68,10 @@ class PipelineDriver:
         return WorkerSupervisor(self.settings, groups, {"LIBRA_METRICS__PORT": "0"})
 
     def send_prepare(self, study_uid: str, version: int) -> None:
-        self.app.send_task(self._prepare_task, args=[study_uid, version], queue=self._io_queue)
+        self.app.send_task(PREPARE_TASK, args=[study_uid, version], queue=IO_QUEUE)
 
     def send_outbox_pump(self) -> None:
-        self.app.send_task(self._outbox_task, queue=self._io_queue)
+        self.app.send_task(DELIVER_OUTBOX_TASK, queue=IO_QUEUE)
 
     def on_complete(self, study_uid: str, version: int) -> None:
         """A study just completed: queue it (the reconciler retries if this fails)."""
@@ -110,9 +116,7 @@ class Node:
         self.listener = StorageListener(settings, self.ledger, self.spool, self.tracker)
         self.ops = self._ops_endpoint() if settings.metrics.port else None
 
-    def _ops_endpoint(self):  # type: ignore[no-untyped-def]
-        from libra_node.ops_endpoint import OpsEndpoint, PipelineStateCollector, metrics_registry
-
+    def _ops_endpoint(self) -> OpsEndpoint:
         depths = self._queue_depths
         registry = metrics_registry([PipelineStateCollector(self.ledger, depths)])
         checks = {
@@ -127,8 +131,6 @@ class Node:
     def _queue_depths(self) -> dict[str, int | None]:
         if self.pipeline is None:
             return {}
-        from workers.app import queue_depths
-
         return queue_depths(self.pipeline.app)
 
     def _broker_problem(self) -> str | None:
@@ -142,8 +144,6 @@ class Node:
             return "pipeline not running"
         if self.settings.model.path is None and self.settings.spawns_workers:
             return "no model configured (model.path)"
-        from workers.app import GPU_QUEUE, workers_consuming
-
         if not workers_consuming(self.pipeline.app, GPU_QUEUE):
             return "no gpu worker with a loaded model answers"
         return None
