@@ -12,10 +12,15 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from libra_node import __version__
 from libra_node.config import ConfigError, Settings, load_settings
 from libra_node.logs import configure_logging
+
+if TYPE_CHECKING:
+    from libra_node.draft import ModelIdentity
+    from libra_node.model.offline import OfflineDraft
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -317,7 +322,7 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_offline_sr(draft, model, settings: Settings, out: Path) -> int:  # type: ignore[no-untyped-def]
+def _write_offline_sr(draft: OfflineDraft, model: ModelIdentity, settings: Settings, out: Path) -> int:
     """The SR of an offline draft: needs DICOM inputs, for the patient and study it belongs to."""
     import datetime as dt
 
