@@ -16,6 +16,10 @@ from pathlib import Path
 
 from libra_node.config import Settings
 
+class Note(str):
+    """Worth saying, but not a problem: the configuration works as it is."""
+
+
 Check = Callable[[Settings], str | None]
 
 
@@ -88,6 +92,54 @@ def check_ledger(settings: Settings) -> str | None:
     return None
 
 
+def check_pacs(settings: Settings) -> str | None:
+    """C-ECHO (DIMSE) or a QIDO-RS request (DICOMweb) to the configured PACS."""
+    if settings.pacs.transport == "none":
+        return None
+    from libra_node.pacs import PacsError, open_pacs
+
+    try:
+        with open_pacs(settings) as pacs:
+            pacs.echo()
+    except PacsError as exc:
+        return str(exc)
+    return None
+
+
+def check_broker(settings: Settings) -> str | None:
+    from workers.app import create_app, queue_depths
+
+    if not settings.broker.url:
+        return None  # the embedded broker is a folder under state_dir, checked above
+    depths = queue_depths(create_app(settings))
+    if any(depth is None for depth in depths.values()):
+        return f"broker {_safe_url(settings.broker.url)} does not answer"
+    return None
+
+
+def check_model_folder(settings: Settings) -> str | None:
+    """The checkpoint folder's configuration, weights and RAD-DINO, without loading them."""
+    if settings.model.path is None:
+        return Note("model.path is not set: the node receives and queues studies but drafts no report")
+    from libra_node.model.loading import (
+        CheckpointError,
+        read_libra_config,
+        read_raw_config,
+        read_vision_config,
+        resolve_vision_path,
+        weight_files,
+    )
+
+    try:
+        read_raw_config(settings.model.path)
+        config = read_libra_config(settings.model.path)
+        weight_files(settings.model.path)
+        read_vision_config(resolve_vision_path(settings.model.path, settings.model.vision_path, config), config)
+    except CheckpointError as exc:
+        return str(exc)
+    return None
+
+
 def _safe_url(url: str) -> str:
     """A URL without its password, fit to print."""
     if "@" not in url or "://" not in url:
@@ -104,6 +156,9 @@ CHECKS: list[tuple[str, Check]] = [
     ("listener port", check_listener_port),
     ("listener TLS", check_tls_files),
     ("ledger", check_ledger),
+    ("PACS", check_pacs),
+    ("broker", check_broker),
+    ("model folder", check_model_folder),
 ]
 
 
@@ -114,6 +169,8 @@ def check_configuration(settings: Settings, print_line: Callable[[str], None] = 
         problem = check(settings)
         if problem is None:
             print_line(f"ok       {name}")
+        elif isinstance(problem, Note):
+            print_line(f"note     {name}: {problem}")
         else:
             print_line(f"PROBLEM  {name}: {problem}")
             problems.append(problem)

@@ -119,7 +119,7 @@ def load_checkpoint(
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device)
     raw_config = read_raw_config(model_path)
-    config = _libra_config(model_path)
+    config = read_libra_config(model_path)
     vision_dir = resolve_vision_path(model_path, vision_path, config)
     vision_config = read_vision_config(vision_dir, config)
     files = weight_files(model_path)
@@ -188,7 +188,7 @@ def read_raw_config(model_path: Path) -> dict[str, Any]:
     return raw
 
 
-def _libra_config(model_path: Path) -> LibraConfig:
+def read_libra_config(model_path: Path) -> LibraConfig:
     try:
         return LibraConfig.from_pretrained(model_path, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

@@ -102,6 +102,7 @@ def test_config_check_passes_on_a_usable_configuration(tmp_path):
     result = run_cli("config", "check", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "configuration is usable" in result.stdout
+    assert "note     model folder: model.path is not set" in result.stdout
 
 
 def test_config_check_names_each_problem(tmp_path):
@@ -137,3 +138,53 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("serve", "config"):
         assert command in result.stdout
+
+
+def test_config_check_tests_pacs_broker_and_model_folder(tmp_path):
+    from dicom_tools import free_port
+    from libra_node.model.tiny import write_tiny_checkpoint
+
+    model = tmp_path / "model"
+    write_tiny_checkpoint(model)
+    import shutil
+
+    shutil.rmtree(model / "rad-dino")
+    dead = free_port()  # nothing listens there
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[node]\nstate_dir = "{tmp_path / "state"}"\n'
+        f"[listener]\nport = {free_port()}\nmin_free_bytes = 0\n"
+        f'[pacs]\ntransport = "dimse"\nport = {dead}\ntimeout_seconds = 2\n'
+        f'[broker]\nurl = "redis://127.0.0.1:{dead}/0"\n'
+        f'[model]\npath = "{model}"\n'
+    )
+    result = run_cli("config", "check", "--config", str(config))
+    assert result.returncode == 1
+    assert f"PROBLEM  PACS: C-ECHO with" in result.stdout and str(dead) in result.stdout
+    assert "PROBLEM  broker: broker redis://127.0.0.1" in result.stdout
+    assert "PROBLEM  model folder: no local RAD-DINO folder" in result.stdout
+
+
+def test_config_check_passes_with_a_reachable_pacs_and_a_good_model(tmp_path):
+    from dicom_tools import free_port
+    from libra_node.model.tiny import write_tiny_checkpoint
+    from libra_node.local_orthanc import LocalOrthanc, Modality
+
+    model = tmp_path / "model"
+    write_tiny_checkpoint(model)
+    orthanc = LocalOrthanc(tmp_path / "orthanc", modalities=[Modality("LIBRA", "LIBRA", "127.0.0.1", 104)])
+    orthanc.start()
+    try:
+        config = tmp_path / "node.toml"
+        config.write_text(
+            f'[node]\nstate_dir = "{tmp_path / "state"}"\n'
+            f"[listener]\nport = {free_port()}\nmin_free_bytes = 0\n"
+            f'[pacs]\ntransport = "dimse"\nport = {orthanc.dicom_port}\nae_title = "{orthanc.ae_title}"\n'
+            f'[model]\npath = "{model}"\n'
+        )
+        result = run_cli("config", "check", "--config", str(config))
+    finally:
+        orthanc.stop()
+    assert result.returncode == 0, result.stdout
+    for name in ("PACS", "broker", "model folder"):
+        assert f"ok       {name}" in result.stdout
