@@ -29,6 +29,15 @@ def orthanc(plain_orthanc: LocalOrthanc) -> LocalOrthanc:
     return plain_orthanc
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from libra_node.model.tiny import write_tiny_checkpoint  # imports torch: only when needed
+
+    folder = tmp_path_factory.mktemp("tiny-model")
+    write_tiny_checkpoint(folder)
+    return folder
+
+
 @pytest.fixture
 def new_patient() -> Callable[..., SyntheticPatient]:
     """A patient no other test uses (patient IDs name the test run, never a person)."""
