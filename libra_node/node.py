@@ -19,7 +19,6 @@ from libra_node.config import Settings
 from libra_node.ledger import Ledger, StudyState
 from libra_node.listener import StorageListener, recover_spool
 from libra_node.logs import get_logger, phi_hash
-from libra_node.metrics import METRICS
 from libra_node.ops_endpoint import OpsEndpoint, PipelineStateCollector, metrics_registry
 from libra_node.outbox import Outbox
 from libra_node.reconciler import Reconciler
@@ -76,8 +75,7 @@ class PipelineDriver:
     def on_complete(self, study_uid: str, version: int) -> None:
         """A study just completed: queue it (the reconciler retries if this fails)."""
         try:
-            if stages.enqueue(self.ledger, study_uid, version, self.send_prepare):
-                METRICS.stage_seconds.labels(stage="complete_to_queued").observe(0.0)
+            stages.enqueue(self.ledger, study_uid, version, self.send_prepare)
         except Exception as exc:  # broker down: the study stays COMPLETE, the reconciler queues it
             log.error("pipeline.enqueue_failed", study=phi_hash(study_uid), exc_info=exc)
 

@@ -29,6 +29,7 @@ from libra_node.config import Settings
 from libra_node.draft import ClinicalContext, ImageReference, ModelIdentity
 from libra_node.ledger import Ledger, Study, StudyState
 from libra_node.logs import get_logger, phi_hash
+from libra_node.metrics import METRICS
 from libra_node.model.image_processing import prepare_pixels
 from libra_node.model.prompting import clinical_context_from_datasets
 from libra_node.outbox import Outbox
@@ -128,6 +129,11 @@ def enqueue(ledger: Ledger, study_uid: str, version: int, send_prepare: SendTask
     ):
         return False
     send_prepare(study_uid, version)
+    study = ledger.get_study(study_uid)
+    if study is not None and study.completed_at is not None:
+        METRICS.stage_seconds.labels(stage="complete_to_queued").observe(
+            max(0.0, study.state_changed_at - study.completed_at)
+        )
     return True
 
 

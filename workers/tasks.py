@@ -138,6 +138,11 @@ def pump_outbox(app: Celery, resources: IoResources) -> None:
         report = resources.outbox.deliver_due(pacs)
     for item in report.delivered:
         METRICS.stage_seconds.labels(stage="delivery").observe(time.time() - item.created_at)
+        study = resources.ledger.get_study(item.study_uid)
+        if study is not None and study.delivered_at is not None and item.sop_uid == item.report_sop_uid:
+            METRICS.stage_seconds.labels(stage="last_image_to_delivered").observe(
+                study.delivered_at - study.last_instance_at
+            )
     if report.retrying:
         METRICS.retries.labels(stage="delivery").inc(len(report.retrying))
     next_due = resources.outbox.next_due_at()

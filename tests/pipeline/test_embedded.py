@@ -119,6 +119,8 @@ def test_status_command_and_ops_endpoint(node, tmp_path):
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=10).read().decode()
     for name in ("libra_instances_received_total", "libra_studies{state=\"DELIVERED\"}",
                  "libra_queue_depth{queue=\"gpu\"}", "libra_stage_seconds_bucket{le=\"1.0\",stage=\"inference\"}",
-                 "libra_model_load_seconds", "libra_inference_batch_size_count"):
+                 "libra_model_load_seconds", "libra_inference_batch_size_count",
+                 "libra_stage_seconds_count{stage=\"last_image_to_delivered\"}",
+                 "libra_stage_seconds_count{stage=\"complete_to_queued\"}"):
         assert name in metrics, name
     assert "E2E-EMB" not in metrics
