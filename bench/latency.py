@@ -122,11 +122,26 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+def wait_for_done(node: NodeDeployment, study_uids: list[str]) -> None:
+    ledger = node.ledger()
+    deadline = time.monotonic() + 120 + len(study_uids) * 10
+    while time.monotonic() < deadline:
+        studies = [ledger.get_study(uid) for uid in study_uids]
+        if all(s is not None and s.state in (StudyState.DELIVERED, StudyState.FAILED) for s in studies):
+            break
+        time.sleep(0.2)
+    ledger.close()
+
+
 def run_rate(setup: Setup, cases: list[tuple[Dataset, Dataset]], per_minute: float) -> dict[str, object]:
     """Send the current studies at ``per_minute``; wait for all; collect latencies."""
     for prior, _ in cases:
         setup.store_prior(prior)
-    time.sleep(QUIET_SECONDS + 2)  # priors complete (and, embedded, get their own reports)
+    time.sleep(QUIET_SECONDS + 2)
+    if setup.pacs is None:
+        # Priors sent to the node are chest studies too: let their own reports
+        # finish so that they do not compete with the measured stream.
+        wait_for_done(setup.node, [str(prior.StudyInstanceUID) for prior, _ in cases])
     interval = 60.0 / per_minute
     sent: dict[str, float] = {}
     started = time.monotonic()
@@ -134,13 +149,8 @@ def run_rate(setup: Setup, cases: list[tuple[Dataset, Dataset]], per_minute: flo
         time.sleep(max(0.0, started + index * interval - time.monotonic()))
         send_with_pynetdicom(setup.node.port, [current])
         sent[str(current.StudyInstanceUID)] = time.time()
+    wait_for_done(setup.node, list(sent))
     ledger = setup.node.ledger()
-    deadline = time.monotonic() + 120 + len(cases) * 10
-    while time.monotonic() < deadline:
-        studies = [ledger.get_study(uid) for uid in sent]
-        if all(s is not None and s.state in (StudyState.DELIVERED, StudyState.FAILED) for s in studies):
-            break
-        time.sleep(0.2)
     latencies, stages = [], {name: [] for name, _, _ in STAGES}
     for uid, acked in sent.items():
         study = ledger.get_study(uid)
