@@ -98,7 +98,7 @@ class StudyFeeder:
         images = list(self._radiograph_images(study["ID"], study_uid))
         if not images:
             return self._logged(study_uid, FeedResult("not a radiograph study", 0))
-        known = {instance.facts.sop_instance_uid for instance in self.ledger.instances_of(study_uid)}
+        known = {i.facts.sop_instance_uid for i in self.ledger.instances_of(study_uid)}
         added = 0
         for instance_id, ds, facts in images:
             if facts.sop_instance_uid not in known:
@@ -110,7 +110,8 @@ class StudyFeeder:
         state = finish_study(self.ledger, row, COMPLETION_RULE)
         if state is StudyState.COMPLETE:
             self.submit(study_uid, row.version)
-        return self._logged(study_uid, FeedResult(state.value if state else "changed meanwhile", added))
+        outcome = state.value if state else "changed meanwhile"
+        return self._logged(study_uid, FeedResult(outcome, added))
 
     def _radiograph_images(
         self, orthanc_id: str, study_uid: str
@@ -124,7 +125,8 @@ class StudyFeeder:
             for instance_id, tags in tags_by_instance.items():
                 ds = dataset_from_orthanc_tags(tags)
                 facts = ImageFacts.from_dataset(ds)
-                if facts.sop_class_uid in RADIOGRAPH_IMAGE_CLASSES and _uids_usable(facts, study_uid):
+                is_image = facts.sop_class_uid in RADIOGRAPH_IMAGE_CLASSES
+                if is_image and _uids_usable(facts, study_uid):
                     yield instance_id, ds, facts
 
     def _record(self, instance_id: str, ds: Dataset, facts: ImageFacts) -> InstanceRecord:

@@ -220,9 +220,8 @@ class OrthancRestPacs(PacsClient):
         try:
             return dcmread(io.BytesIO(content))
         except (InvalidDicomError, ValueError, EOFError) as exc:
-            raise PacsRejected(
-                self.peer, operation, f"Orthanc sent a file that is not DICOM ({type(exc).__name__})"
-            ) from None
+            detail = f"Orthanc sent a file that is not DICOM ({type(exc).__name__})"
+            raise PacsRejected(self.peer, operation, detail) from None
 
     def store(self, datasets: Sequence[Dataset]) -> None:
         operation = "store (POST /instances)"

@@ -119,7 +119,8 @@ def orthanc_study_id(orthanc: LocalOrthanc, study_uid: str) -> str:
 
 
 def feed_now(plugin: Plugin, orthanc: LocalOrthanc, study_uid: str) -> FeedResult:
-    return plugin.feeder.feed(plugin.api.get_json(f"/studies/{orthanc_study_id(orthanc, study_uid)}"))
+    study_id = orthanc_study_id(orthanc, study_uid)
+    return plugin.feeder.feed(plugin.api.get_json(f"/studies/{study_id}"))
 
 
 def test_a_chest_study_is_recorded_completed_and_submitted(plugin, orthanc, ledger, new_patient):
@@ -382,7 +383,9 @@ def test_the_loop_survives_failures_and_logs_them_without_patient_data(orthanc, 
     def reconcile_fails() -> None:
         raise ConnectionRefusedError(patient.patient_id)
 
-    loop = FeederLoop(Broken(), reconcile_fails, poll_seconds=0.05, retry_seconds=0.05)  # type: ignore[arg-type]
+    loop = FeederLoop(
+        Broken(), reconcile_fails, poll_seconds=0.05, retry_seconds=0.05  # type: ignore[arg-type]
+    )
     loop.start()
     loop.wake("some-study")
     time.sleep(0.3)

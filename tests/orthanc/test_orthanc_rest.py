@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import io
 import logging
 import threading
 from collections.abc import Iterator
@@ -90,9 +91,8 @@ def test_find_studies_matches_the_issuer_of_patient_id(pacs, orthanc, new_patien
     patient = new_patient(issuer="HOSPITAL-A")
     orthanc.upload(chest_study(patient, "2026-03-02"))
 
-    assert [s.issuer_of_patient_id for s in pacs.find_studies(patient.patient_id, "HOSPITAL-A")] == [
-        "HOSPITAL-A"
-    ]
+    found = pacs.find_studies(patient.patient_id, "HOSPITAL-A")
+    assert [s.issuer_of_patient_id for s in found] == ["HOSPITAL-A"]
     assert pacs.find_studies(patient.patient_id, "HOSPITAL-B") == []
 
 
@@ -149,8 +149,8 @@ def test_store_puts_the_report_into_the_study_and_storing_again_is_harmless(pacs
 
     stored = orthanc.find_instances(SOPInstanceUID=str(report.SOPInstanceUID))
     assert len(stored) == 1
-    assert dcmread(__import__("io").BytesIO(orthanc.instance_file(str(report.SOPInstanceUID)))
-                   ).StudyInstanceUID == study[0].StudyInstanceUID
+    stored_file = orthanc.instance_file(str(report.SOPInstanceUID))
+    assert dcmread(io.BytesIO(stored_file)).StudyInstanceUID == study[0].StudyInstanceUID
 
 
 def test_store_of_an_object_orthanc_cannot_read_is_rejected(pacs, new_patient):
@@ -271,7 +271,7 @@ def test_storing_logs_no_patient_data(pacs, orthanc, new_patient, caplog):
 
 def test_orthanc_tag_json_becomes_a_dataset_without_private_or_bulk_data(recwarn, caplog) -> None:
     tags = {
-        "0008,0016": {"Name": "SOPClassUID", "Type": "String", "Value": "1.2.840.10008.5.1.4.1.1.1"},
+        "0008,0016": {"Type": "String", "Value": "1.2.840.10008.5.1.4.1.1.1"},
         "0008,0008": {"Name": "ImageType", "Type": "String", "Value": "ORIGINAL\\PRIMARY"},
         "0020,0011": {"Name": "SeriesNumber", "Type": "String", "Value": "3"},
         "0028,0010": {"Name": "Rows", "Type": "String", "Value": "2048"},

@@ -55,8 +55,9 @@ class OrthancSite:
             workdir / "node",
             model={"path": str(tiny_model), "max_new_tokens": 16},
             broker={"url": self.redis.url, "stuck_after_seconds": 10, "reconcile_every_seconds": 1},
-            pacs={"transport": "orthanc", "url": self.orthanc.url, "username": self.orthanc.username,
-                  "password": self.orthanc.password, "timeout_seconds": 5},
+            pacs={"transport": "orthanc", "url": self.orthanc.url,
+                  "username": self.orthanc.username, "password": self.orthanc.password,
+                  "timeout_seconds": 5},
         )
         self.orthanc.environment.update(plugin_environment(self.node.config))
 
@@ -97,8 +98,8 @@ class OrthancSite:
 
     def srs(self, study_uid: str) -> list[Dataset]:
         found = self.orthanc.find_instances(StudyInstanceUID=study_uid, Modality="SR")
-        return [dcmread(io.BytesIO(self.orthanc.rest("GET", f"/instances/{item['ID']}/file").content))
-                for item in found]
+        paths = [f"/instances/{item['ID']}/file" for item in found]
+        return [dcmread(io.BytesIO(self.orthanc.rest("GET", path).content)) for path in paths]
 
 
 @pytest.fixture(scope="module")
