@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from libra_node.ledger import Ledger, Study, StudyState
 from libra_node.logs import get_logger, phi_hash
 from libra_node.metrics import METRICS
+from libra_node.periodic import Periodic
 from libra_node.selection import choose_frontal, classify_study
 
 log = get_logger(__name__)
@@ -118,9 +119,7 @@ class CompletionMonitor:
         self.tracker = tracker
         self.policy = policy
         self.on_complete = on_complete
-        self.poll_seconds = poll_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("completion", self.check_once, poll_seconds, first_at_once=False)
 
     def check_once(self, now: float | None = None) -> list[str]:
         """Complete every due study; returns their UIDs."""
@@ -142,17 +141,7 @@ class CompletionMonitor:
         return True
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="completion", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.poll_seconds):
-            try:
-                self.check_once()
-            except Exception as exc:  # a ledger hiccup must not stop completion for good
-                log.error("completion.check_failed", exc_info=exc)
+        self._loop.stop()

@@ -16,7 +16,6 @@ the SR's UIDs are the same each time.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from libra_node import pipeline
 from libra_node.ledger import Ledger, Study, StudyState
 from libra_node.logs import get_logger, phi_hash
 from libra_node.outbox import Outbox
+from libra_node.periodic import Periodic
 
 log = get_logger(__name__)
 
@@ -54,9 +54,7 @@ class Reconciler:
         self.send_prepare = send_prepare
         self.pump_outbox = pump_outbox
         self.stuck_after = stuck_after
-        self.every = every
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("reconciler", self.run_once, every, first_at_once=True)
 
     def run_once(self, now: float | None = None) -> ReconcileReport:
         now = time.time() if now is None else now
@@ -107,19 +105,7 @@ class Reconciler:
                     attempt=study.attempts + 1)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.run_once()
-            except Exception as exc:  # a broker or ledger hiccup must not end reconciliation
-                log.error("reconciler.failed", exc_info=exc)
-            if self._stop.wait(self.every):
-                return
+        self._loop.stop()
