@@ -26,10 +26,15 @@ bench: debian-packages $(VENV)/.installed
 
 venv: $(VENV)/.installed
 
+# torch is pinned to the CPU build first: a looser requirement would pull a
+# CUDA build of several GB that tests and the demo do not need.
 $(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "libra-node needs Python 3.11 or newer ($(PYTHON) is older); run make PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { echo "installing python3-venv"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq python3-venv; }
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# CPU build of torch, pinned so that no multi-GB CUDA build is pulled in.
 	$(BIN)/pip install -q torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
