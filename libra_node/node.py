@@ -23,15 +23,7 @@ from libra_node.ops_endpoint import OpsEndpoint, PipelineStateCollector, metrics
 from libra_node.outbox import Outbox
 from libra_node.reconciler import Reconciler
 from libra_node.spool import Spool
-from workers.app import (
-    DELIVER_OUTBOX_TASK,
-    GPU_QUEUE,
-    IO_QUEUE,
-    PREPARE_TASK,
-    create_app,
-    queue_depths,
-    workers_consuming,
-)
+from workers.app import GPU_QUEUE, TaskSender, create_app, queue_depths, workers_consuming
 from workers.launch import WorkerSupervisor
 
 log = get_logger(__name__)
@@ -46,12 +38,13 @@ class PipelineDriver:
         self.settings = settings
         self.ledger = ledger
         self.app = create_app(settings)
+        self.sender = TaskSender(self.app)
         self.outbox = Outbox.from_settings(settings, ledger)
         self.reconciler = Reconciler(
             ledger,
             self.outbox,
-            self.send_prepare,
-            self.send_outbox_pump,
+            self.sender.prepare,
+            self.sender.pump_outbox,
             stuck_after=settings.broker.stuck_after_seconds,
             every=settings.broker.reconcile_every_seconds,
         )
@@ -66,16 +59,10 @@ class PipelineDriver:
         # Children report metrics through the shared folder, not their own port.
         return WorkerSupervisor(self.settings, groups, {"LIBRA_METRICS__PORT": "0"})
 
-    def send_prepare(self, study_uid: str, version: int) -> None:
-        self.app.send_task(PREPARE_TASK, args=[study_uid, version], queue=IO_QUEUE)
-
-    def send_outbox_pump(self) -> None:
-        self.app.send_task(DELIVER_OUTBOX_TASK, queue=IO_QUEUE)
-
     def on_complete(self, study_uid: str, version: int) -> None:
         """A study just completed: queue it (the reconciler retries if this fails)."""
         try:
-            stages.enqueue(self.ledger, study_uid, version, self.send_prepare)
+            stages.enqueue(self.ledger, study_uid, version, self.sender.prepare)
         except Exception as exc:  # broker down: the study stays COMPLETE, the reconciler queues it
             log.error("pipeline.enqueue_failed", study=phi_hash(study_uid), exc_info=exc)
 

@@ -23,10 +23,9 @@ and a COMPLETE study. In between:
   so an Orthanc site needs no `libra-node serve`. Nothing in it ever raises
   into Orthanc.
 
-``assemble`` wires these together from the node's settings. It sends tasks by
-name through a Celery app without registered tasks: ``workers.app.create_app``
-registers the gpu task, whose module imports torch, which has no business in
-Orthanc's process.
+``assemble`` wires these together from the node's settings and sends tasks
+through the node's own Celery app (which never imports torch: that happens
+only in gpu workers).
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ from libra_node.pipeline import enqueue
 from libra_node.reconciler import Reconciler
 from libra_node.selection import RADIOGRAPH_IMAGE_CLASSES, RADIOGRAPH_MODALITIES, ImageFacts
 from libra_node.spool import is_valid_uid
+from workers.app import TaskSender, create_app
 
 log = get_logger("libra_node.orthanc_plugin")
 
@@ -381,25 +381,6 @@ class FeederLoop:
 # --- wiring ------------------------------------------------------------------------------------
 
 
-class CelerySender:
-    """Sends the io queue's tasks by name; the broker is the node's."""
-
-    def __init__(self, settings: Settings) -> None:
-        from celery import Celery
-
-        from workers.app import DELIVER_OUTBOX_TASK, IO_QUEUE, PREPARE_TASK, celery_config
-
-        self.app = Celery("libra_node", set_as_current=False)
-        self.app.config_from_object(celery_config(settings))
-        self._prepare, self._outbox, self._queue = PREPARE_TASK, DELIVER_OUTBOX_TASK, IO_QUEUE
-
-    def prepare(self, study_uid: str, version: int) -> None:
-        self.app.send_task(self._prepare, args=[study_uid, version], queue=self._queue)
-
-    def pump_outbox(self) -> None:
-        self.app.send_task(self._outbox, queue=self._queue)
-
-
 def assemble(
     api: OrthancApi, settings: Settings, *, scan_on_first_start: bool = True
 ) -> FeederLoop:
@@ -407,7 +388,7 @@ def assemble(
     # The ledger and outbox hold patient data: the node's user only.
     settings.node.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     ledger = Ledger(settings.ledger_url)
-    sender = CelerySender(settings)
+    sender = TaskSender(create_app(settings))
     submitter = Submitter(ledger, sender.prepare)
     follower = ChangeFollower(
         api, StudyFeeder(api, ledger, submitter.submit), scan_on_first_start=scan_on_first_start

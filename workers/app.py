@@ -116,6 +116,19 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
+class TaskSender:
+    """What the node's side sends: a study to the io queue, a nudge to the outbox."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def prepare(self, study_uid: str, version: int) -> None:
+        self.app.send_task(PREPARE_TASK, args=[study_uid, version], queue=IO_QUEUE)
+
+    def pump_outbox(self) -> None:
+        self.app.send_task(DELIVER_OUTBOX_TASK, queue=IO_QUEUE)
+
+
 def queue_depths(app: Celery) -> dict[str, int | None]:
     """Messages waiting in each queue; None for a queue the broker cannot tell about."""
     depths: dict[str, int | None] = {IO_QUEUE: None, GPU_QUEUE: None}

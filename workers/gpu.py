@@ -11,23 +11,31 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Task
 
 from libra_node.config import Settings
 from libra_node.logs import get_logger, phi_hash
 from libra_node.metrics import METRICS
-from libra_node.model.inference import GenerationRequest, GenerationResult, LibraGenerator
 from libra_node.pipeline import InferenceJob, without_pixels
 from workers.app import DELIVER_TASK, FAIL_TASK, GPU_TIME_LIMIT, IO_QUEUE
 from workers.batching import InferenceBatcher
+
+if TYPE_CHECKING:
+    from libra_node.model.inference import GenerationResult
 
 log = get_logger(__name__)
 
 
 class GpuRuntime:
+    """The model and its batcher. Torch is imported here, not when the module
+    is: every process that sends tasks imports this module, only gpu workers
+    build a runtime."""
+
     def __init__(self, settings: Settings) -> None:
+        from libra_node.model.inference import LibraGenerator
+
         started = time.monotonic()
         self.generator = LibraGenerator.from_settings(settings.model)
         self.load_seconds = time.monotonic() - started
@@ -48,6 +56,8 @@ class GpuRuntime:
             log.warning("gpu.demo_model", note="untrained demo weights: the text is not a report")
 
     def _run(self, jobs: Sequence[InferenceJob]) -> list[GenerationResult]:
+        from libra_node.model.inference import GenerationRequest
+
         results = self.generator.generate(
             [GenerationRequest(job.current, job.prior, job.context) for job in jobs]
         )
