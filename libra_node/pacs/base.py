@@ -16,10 +16,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
 from libra_node.selection import ImageFacts, StudyFacts
+
+if TYPE_CHECKING:
+    from libra_node.config import Settings
 
 
 class PacsError(Exception):
@@ -68,6 +72,19 @@ class PacsTlsError(PacsError):
 
 class PacsRejected(PacsError):
     """The PACS refused or failed the request for a reason retrying will not fix."""
+
+
+def http_options(settings: Settings) -> dict[str, Any]:
+    """Credentials, TLS and timeout of an HTTP-speaking PACS, from the [pacs] settings."""
+    pacs = settings.pacs
+    return {
+        "username": pacs.username,
+        "password": pacs.password,
+        "token": pacs.token,
+        "verify_tls": pacs.verify_tls,
+        "ca_bundle": str(pacs.ca_bundle) if pacs.ca_bundle else None,
+        "timeout": pacs.timeout_seconds,
+    }
 
 
 class PacsClient(abc.ABC):

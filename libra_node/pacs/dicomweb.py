@@ -31,6 +31,7 @@ from libra_node.pacs.base import (
     PacsRejected,
     PacsTlsError,
     PacsUnavailable,
+    http_options,
 )
 from libra_node.pacs.encoding import as_part10
 from libra_node.pacs.query import (
@@ -123,16 +124,7 @@ class DicomWebPacs(PacsClient):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "DicomWebPacs":
-        pacs = settings.pacs
-        return cls(
-            pacs.url,
-            username=pacs.username,
-            password=pacs.password,
-            token=pacs.token,
-            verify_tls=pacs.verify_tls,
-            ca_bundle=str(pacs.ca_bundle) if pacs.ca_bundle else None,
-            timeout=pacs.timeout_seconds,
-        )
+        return cls(settings.pacs.url, **http_options(settings))
 
     def close(self) -> None:
         self.session.close()
