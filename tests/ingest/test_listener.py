@@ -228,7 +228,8 @@ def test_dataset_without_study_uid_is_refused(start_node):
 def test_uid_that_could_escape_the_spool_is_refused(start_node):
     node = start_node()
     ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
-    ds.SeriesInstanceUID = "../../etc"
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        ds.SeriesInstanceUID = "../../etc"
 
     assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC001]
     assert list(node.spool.files()) == []
