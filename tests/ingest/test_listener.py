@@ -225,11 +225,12 @@ def test_dataset_without_study_uid_is_refused(start_node):
     assert list(node.spool.files()) == []
 
 
+# pydicom warns, rightly, when the sender encodes the invalid UID.
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 def test_uid_that_could_escape_the_spool_is_refused(start_node):
     node = start_node()
     ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
-    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
-        ds.SeriesInstanceUID = "../../etc"
+    ds.SeriesInstanceUID = "../../etc"
 
     assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC001]
     assert list(node.spool.files()) == []
