@@ -251,6 +251,14 @@ class Ledger:
         self.engine.dispose()
 
     @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as connection:
+                yield connection
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"ledger read failed: {type(exc).__name__}") from exc
+
+    @contextmanager
     def transaction(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as connection:
@@ -420,14 +428,14 @@ class Ledger:
     # --- reading -----------------------------------------------------------------
 
     def get_study(self, study_uid: str) -> Study | None:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             row = connection.execute(
                 sa.select(studies).where(studies.c.study_uid == study_uid)
             ).first()
         return Study.from_row(row) if row is not None else None
 
     def studies_in(self, *states: StudyState) -> list[Study]:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies)
                 .where(studies.c.state.in_([s.value for s in states]))
@@ -437,7 +445,7 @@ class Ledger:
 
     def studies_of_patient(self, patient_id: str) -> list[Study]:
         """Every study on record for a patient ID (the local archive's C-FIND)."""
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies)
                 .where(studies.c.patient_id == patient_id)
@@ -446,7 +454,7 @@ class Ledger:
         return [Study.from_row(row) for row in rows]
 
     def instances_of(self, study_uid: str) -> list[Instance]:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(instances)
                 .where(instances.c.study_uid == study_uid)
@@ -455,18 +463,18 @@ class Ledger:
         return [_instance_from_row(row) for row in rows]
 
     def get_instance(self, sop_uid: str) -> Instance | None:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             row = connection.execute(
                 sa.select(instances).where(instances.c.sop_uid == sop_uid)
             ).first()
         return _instance_from_row(row) if row is not None else None
 
     def all_instance_paths(self) -> set[str]:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             return set(connection.execute(sa.select(instances.c.file_path)).scalars())
 
     def count_by_state(self) -> dict[str, int]:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies.c.state, sa.func.count()).group_by(studies.c.state)
             ).all()
@@ -476,7 +484,7 @@ class Ledger:
 
     def oldest_by_state(self) -> dict[str, float]:
         """For each state, when its longest-waiting study entered it."""
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies.c.state, sa.func.min(studies.c.state_changed_at)).group_by(
                     studies.c.state
@@ -485,7 +493,7 @@ class Ledger:
         return {state: at for state, at in rows}
 
     def recent_failures(self, limit: int = 10) -> list[Study]:
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies)
                 .where(studies.c.state == StudyState.FAILED.value)
@@ -496,7 +504,7 @@ class Ledger:
 
     def stuck_studies(self, states: Sequence[StudyState], older_than: float) -> list[Study]:
         """Studies that entered one of ``states`` before ``older_than`` and are still there."""
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(studies).where(
                     studies.c.state.in_([s.value for s in states]),
@@ -529,7 +537,7 @@ class Ledger:
 
     def events_of(self, study_uid: str) -> list[tuple[int, str, str, float]]:
         """(version, state, reason, at) for every state change, oldest first."""
-        with self.engine.connect() as connection:
+        with self.reading() as connection:
             rows = connection.execute(
                 sa.select(
                     study_events.c.version,

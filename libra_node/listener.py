@@ -46,6 +46,7 @@ STATUS_MISSING_UID = 0xC001
 STATUS_UID_MISMATCH = 0xC002
 STATUS_SPOOL_WRITE_FAILED = 0xC003
 STATUS_LEDGER_FAILED = 0xC004
+STATUS_INTERNAL_ERROR = 0xC005
 
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 permanent, source 1 service-user.
 REJECT_PERMANENT = 0x01
@@ -143,6 +144,10 @@ class StoreHandler:
             METRICS.instances_rejected.labels(reason=f"0x{refused.status:04X}").inc()
             log.warning("instance.refused", status=f"0x{refused.status:04X}", reason=refused.comment)
             return _status(refused.status, refused.comment)
+        except Exception as exc:  # a bug, not the sender's fault: say so, never ACK
+            METRICS.instances_rejected.labels(reason=f"0x{STATUS_INTERNAL_ERROR:04X}").inc()
+            log.error("instance.store_failed", error=type(exc).__name__)
+            return _status(STATUS_INTERNAL_ERROR, "internal error, instance not stored")
         self.tracker.instance_received(id(event.assoc), study_uid)
         METRICS.store_seconds.observe(time.monotonic() - started)
         log.info("instance.stored", study=phi_hash(study_uid), outcome=outcome.value)
@@ -158,7 +163,10 @@ class StoreHandler:
         relative = self.spool.relative_path(
             facts.study_instance_uid, facts.series_instance_uid, facts.sop_instance_uid
         )
-        previous = self.ledger.get_instance(facts.sop_instance_uid)
+        try:
+            previous = self.ledger.get_instance(facts.sop_instance_uid)
+        except LedgerError as exc:
+            raise StoreRefused(STATUS_LEDGER_FAILED, "ledger could not be read") from exc
         if previous is not None and self._same_as_stored(previous.file_path, raw):
             METRICS.instances_received.labels(outcome=RecordOutcome.DUPLICATE.value).inc()
             return RecordOutcome.DUPLICATE, facts.study_instance_uid

@@ -294,3 +294,58 @@ def _wait_for_state(node, study_uid, state, timeout=10.0):
             return study
         time.sleep(0.05)
     raise AssertionError(f"study did not reach {state.value}: {node.ledger.get_study(study_uid)}")
+
+
+def test_spool_write_failure_is_refused_and_leaves_nothing(start_node):
+    node = start_node()
+    ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
+    # A file where the study's folder should be: the rename into place fails.
+    (node.spool.root / str(ds.StudyInstanceUID)).write_text("in the way")
+
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC003]
+
+    assert list(node.spool.files()) == []
+    assert os.listdir(node.spool.incoming) == []
+    assert node.ledger.get_instance(str(ds.SOPInstanceUID)) is None
+
+
+def test_ledger_failure_is_refused_and_the_file_is_removed(start_node):
+    import sqlalchemy as sa
+
+    node = start_node()
+    ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
+    with node.ledger.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE series RENAME TO series_elsewhere")
+
+    # The instance is written, then the ledger cannot record it: refused, file removed.
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC004]
+
+    assert list(node.spool.files()) == []
+    with node.ledger.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE series_elsewhere RENAME TO series")
+        assert connection.execute(sa.text("SELECT count(*) FROM studies")).scalar() == 0
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0x0000]
+
+
+def test_unreadable_ledger_is_refused_before_anything_is_written(start_node):
+    node = start_node()
+    ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
+    with node.ledger.engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE instances RENAME TO instances_elsewhere")
+
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC004]
+    assert list(node.spool.files()) == []
+
+
+def test_unexpected_error_is_a_clear_refusal_and_the_listener_keeps_serving(start_node, make_settings, tmp_path):
+    import shutil
+
+    node = start_node(make_settings(listener={"min_free_bytes": 1}))
+    ds = make_chest_study(SyntheticStudy(views=("PA",)))[0]
+    shutil.rmtree(node.spool.root)  # an operator removed the spool under the running node
+
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0xC005]
+
+    node.spool.root.mkdir(mode=0o700)
+    node.spool.incoming.mkdir(mode=0o700)
+    assert send_with_pynetdicom(node.listener.port, [ds]) == [0x0000]
