@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,17 +25,12 @@ from pynetdicom import AE
 
 from libra_node.config import Settings, load_settings
 from libra_node.ledger import StudyState
+from libra_node.local_orthanc import free_port
 from libra_node.node import Node
 from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_study
 
 Print = Callable[[str], None]
 DEMO_TIMEOUT_SECONDS = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def demo_settings(
@@ -126,7 +120,7 @@ def run_demo(
     workdir = Path(tempfile.mkdtemp(prefix="libra-demo-"))
     try:
         with model_folder(workdir, model_path, print_line) as model:
-            node_port = _free_port()
+            node_port = free_port()
             if pacs == "orthanc":
                 with local_orthanc(workdir, node_port, print_line) as pacs_settings:
                     orthanc = pacs_settings.pop("_orthanc")

@@ -434,24 +434,24 @@ class Ledger:
             ).first()
         return Study.from_row(row) if row is not None else None
 
-    def studies_in(self, *states: StudyState) -> list[Study]:
+    def _studies(self, query: sa.Select[Any]) -> list[Study]:
         with self.reading() as connection:
-            rows = connection.execute(
-                sa.select(studies)
-                .where(studies.c.state.in_([s.value for s in states]))
-                .order_by(studies.c.state_changed_at)
-            ).all()
-        return [Study.from_row(row) for row in rows]
+            return [Study.from_row(row) for row in connection.execute(query).all()]
+
+    def studies_in(self, *states: StudyState) -> list[Study]:
+        return self._studies(
+            sa.select(studies)
+            .where(studies.c.state.in_([s.value for s in states]))
+            .order_by(studies.c.state_changed_at)
+        )
 
     def studies_of_patient(self, patient_id: str) -> list[Study]:
         """Every study on record for a patient ID (the local archive's C-FIND)."""
-        with self.reading() as connection:
-            rows = connection.execute(
-                sa.select(studies)
-                .where(studies.c.patient_id == patient_id)
-                .order_by(studies.c.study_date, studies.c.study_time)
-            ).all()
-        return [Study.from_row(row) for row in rows]
+        return self._studies(
+            sa.select(studies)
+            .where(studies.c.patient_id == patient_id)
+            .order_by(studies.c.study_date, studies.c.study_time)
+        )
 
     def instances_of(self, study_uid: str) -> list[Instance]:
         with self.reading() as connection:
@@ -493,25 +493,21 @@ class Ledger:
         return {state: at for state, at in rows}
 
     def recent_failures(self, limit: int = 10) -> list[Study]:
-        with self.reading() as connection:
-            rows = connection.execute(
-                sa.select(studies)
-                .where(studies.c.state == StudyState.FAILED.value)
-                .order_by(studies.c.state_changed_at.desc())
-                .limit(limit)
-            ).all()
-        return [Study.from_row(row) for row in rows]
+        return self._studies(
+            sa.select(studies)
+            .where(studies.c.state == StudyState.FAILED.value)
+            .order_by(studies.c.state_changed_at.desc())
+            .limit(limit)
+        )
 
     def stuck_studies(self, states: Sequence[StudyState], older_than: float) -> list[Study]:
         """Studies that entered one of ``states`` before ``older_than`` and are still there."""
-        with self.reading() as connection:
-            rows = connection.execute(
-                sa.select(studies).where(
-                    studies.c.state.in_([s.value for s in states]),
-                    studies.c.state_changed_at < older_than,
-                )
-            ).all()
-        return [Study.from_row(row) for row in rows]
+        return self._studies(
+            sa.select(studies).where(
+                studies.c.state.in_([s.value for s in states]),
+                studies.c.state_changed_at < older_than,
+            )
+        )
 
     def touch(
         self, study_uid: str, version: int, state: StudyState, reason: str, attempt: bool = False

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,11 +12,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from libra_node.local_orthanc import free_port  # noqa: F401  (shared by the tests)
 
 
 def write_datasets(datasets: Iterable[Dataset], folder: Path) -> list[Path]:
