@@ -103,6 +103,8 @@ COMPRESSED = [
 ]
 
 PENDING = (0xFF00, 0xFF01)
+# How often an image-level C-FIND that came back short is asked before giving up.
+IMAGE_FIND_ATTEMPTS = 3
 # A-ABORT source 0: the peer's application chose to abort (not the network).
 ABORT_BY_PEER_APPLICATION = 0
 # A-ASSOCIATE-RJ (PS3.8 7.1.1.9): result 2 transient; source 1 service-user,
@@ -255,12 +257,38 @@ class DimsePacs(PacsClient):
         # One association for the series query and every image query after it.
         with self._associate("C-FIND", [build_context(FIND_MODEL)]) as session:
             for series in self._find("C-FIND (series level)", series_query, session):
-                image_query = _query("IMAGE", IMAGE_KEYS)
-                image_query.StudyInstanceUID = study_uid
-                image_query.SeriesInstanceUID = series.get("SeriesInstanceUID", "")
-                for image in self._find("C-FIND (image level)", image_query, session):
-                    images.append(image_facts(image, series, study_uid))
+                images.extend(
+                    image_facts(image, series, study_uid)
+                    for image in self._series_images(study_uid, series, session)
+                )
         return images
+
+    def _series_images(self, study_uid: str, series: Dataset, session: _Session) -> list[Dataset]:
+        """The image-level answers for one series, asked again when some are missing.
+
+        A PACS can answer an image-level C-FIND with success and too few
+        matches: Orthanc 1.10 sometimes does while it serves a C-GET at the
+        same time. Taken at face value, a prior's frontal image would be
+        passed over, so the answer is checked against the series' own count
+        (or against "a series is never empty" when the PACS gives none).
+        """
+        operation = "C-FIND (image level)"
+        expected = _instances_in_series(series)
+        query = _query("IMAGE", IMAGE_KEYS)
+        query.StudyInstanceUID = study_uid
+        query.SeriesInstanceUID = series.get("SeriesInstanceUID", "")
+        for attempt in range(1, IMAGE_FIND_ATTEMPTS + 1):
+            answers = self._find(operation, query, session)
+            if len(answers) >= expected:
+                return answers
+            log.warning("pacs.find_incomplete", transport="dimse", answers=len(answers),
+                        expected=expected, attempt=attempt)
+            time.sleep(0.1 * attempt)
+        raise PacsUnavailable(
+            self.peer, operation,
+            f"the PACS listed {len(answers)} of the {expected} image(s) a series holds, "
+            f"{IMAGE_FIND_ATTEMPTS} times",
+        )
 
     def fetch_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         if self.retrieve == "move":
@@ -503,6 +531,14 @@ class DimsePacs(PacsClient):
 
 
 # --- datasets and contexts ------------------------------------------------------------------
+
+
+def _instances_in_series(series: Dataset) -> int:
+    """NumberOfSeriesRelatedInstances from a series answer; 1 when absent or unreadable."""
+    try:
+        return max(1, int(series.get("NumberOfSeriesRelatedInstances") or 1))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _query(level: str, keys: Sequence[str]) -> Dataset:

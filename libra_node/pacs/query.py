@@ -22,13 +22,15 @@ STUDY_KEYS = (
     "ModalitiesInStudy",
     "StudyDescription",
 )
-# Series level: enough to know which series hold radiographs.
+# Series level: enough to know which series hold radiographs, and how many images
+# each holds (to tell a complete image-level answer from a short one).
 SERIES_KEYS = (
     "SeriesInstanceUID",
     "Modality",
     "SeriesNumber",
     "SeriesDescription",
     "BodyPartExamined",
+    "NumberOfSeriesRelatedInstances",
 )
 # Image level: what classify_study and choose_frontal read (ImageFacts.from_dataset).
 IMAGE_KEYS = (
