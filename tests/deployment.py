@@ -8,6 +8,7 @@ port, so a test can restart it empty without touching the machine's Redis.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -84,6 +85,11 @@ class RedisServer:
 
     def queue_length(self, queue: str) -> int:
         return int(redis.Redis(port=self.port).llen(queue))
+
+    def held_by_workers(self, routing_key: str) -> int:
+        """Messages a worker has taken but not acknowledged (kombu's ``unacked`` hash)."""
+        held = redis.Redis(port=self.port).hvals("unacked")
+        return sum(1 for value in held if json.loads(value)[2] == routing_key)
 
 
 class NodeDeployment:

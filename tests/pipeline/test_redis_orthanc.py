@@ -108,11 +108,12 @@ def test_current_study_gets_its_draft_sr_in_orthanc_referencing_the_prior(site, 
     assert sr.SOPInstanceUID == study.sr_sop_uid
     assert str(sr.PatientName) == "Müller^Anna"
     assert frontal_uid(current) in evidence_uids(sr, "CurrentRequestedProcedureEvidenceSequence")
+    assert study.prior_study_uid == str(prior[0].StudyInstanceUID), (
+        study.prior_reason, site.node.ledger().events_of(uid))
     assert frontal_uid(prior) in evidence_uids(sr, "PertinentOtherEvidenceSequence")
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert dciodvfy_errors(path) == []
-    assert study.prior_study_uid == str(prior[0].StudyInstanceUID)
 
 
 def test_worker_killed_during_inference_still_delivers_exactly_once(site, tmp_path):
@@ -123,7 +124,8 @@ def test_worker_killed_during_inference_still_delivers_exactly_once(site, tmp_pa
     site.send(current, tmp_path)
     uid = str(current[0].StudyInstanceUID)
     wait_until(lambda: site.node.study(uid).state_reason == "waiting for inference", 30)
-    wait_until(lambda: site.redis.queue_length("gpu") == 0, 10)  # the worker holds the job
+    wait_until(lambda: site.redis.held_by_workers("gpu") >= 1, 60,  # the worker holds the job
+               lambda: f"held {site.redis.held_by_workers('gpu')}, queued {site.redis.queue_length('gpu')}")
     time.sleep(0.5)
 
     site.node.kill("worker-gpu")
