@@ -215,6 +215,10 @@ def _status(status: int, comment: str = "") -> Dataset:
     return ds
 
 
+# Largest buffer allocated at once for a PDU (the node asks for 1 MiB PDUs).
+READ_BLOCK = 4 * 1024 * 1024
+
+
 def disable_nagle(event: Event) -> None:
     """Send each PDU at once (EVT_CONN_OPEN handler, both ends of DIMSE).
 
@@ -224,6 +228,56 @@ def disable_nagle(event: Event) -> None:
     sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def read_pdus_in_large_chunks(event: Event) -> None:
+    """Read each PDU with as few system calls as the socket allows (EVT_CONN_OPEN handler).
+
+    pynetdicom reads a PDU 4 KiB per ``recv`` into a growing bytearray: a
+    1 MiB P-DATA takes 256 calls and as many copies, about a quarter of the
+    time a 10 MB radiograph spends in the listener. ``recv_into`` a buffer of
+    the PDU's size takes whatever the kernel holds in one call.
+    """
+    association_socket = event.assoc.dul.socket
+    if association_socket is None:
+        return
+
+    def receive(nr_bytes: int) -> bytearray:
+        return receive_exactly(association_socket.socket, nr_bytes)
+
+    association_socket.recv = receive  # type: ignore[method-assign]
+
+
+def receive_exactly(sock: socket.socket, nr_bytes: int) -> bytearray:
+    """``nr_bytes`` from ``sock``; fewer only when the peer closed (as pynetdicom's recv).
+
+    Buffers are allocated ``READ_BLOCK`` at a time, so a peer that announces a
+    4 GiB PDU costs memory only for the bytes it really sends.
+    """
+    received = bytearray()
+    while len(received) < nr_bytes:
+        wanted = min(nr_bytes - len(received), READ_BLOCK)
+        block = _receive_block(sock, wanted)
+        if received:
+            received += block
+        else:
+            received = block
+        if len(block) < wanted:
+            break
+    return received
+
+
+def _receive_block(sock: socket.socket, nr_bytes: int) -> bytearray:
+    block = bytearray(nr_bytes)
+    with memoryview(block) as view:
+        filled = 0
+        while filled < nr_bytes:
+            count = sock.recv_into(view[filled:], nr_bytes - filled)
+            if count == 0:
+                break
+            filled += count
+    del block[filled:]
+    return block
 
 
 def _host_allowed(address: str, allowed: list[str]) -> bool:
@@ -311,6 +365,7 @@ class StorageListener:
             (evt.EVT_REJECTED, self._handle_rejected),
             (evt.EVT_CONN_CLOSE, self._handle_closed),
             (evt.EVT_CONN_OPEN, disable_nagle),
+            (evt.EVT_CONN_OPEN, read_pdus_in_large_chunks),
         ]
         self.server = self.ae.start_server(
             (listener.host, listener.port),
