@@ -5,6 +5,9 @@ storescu over 1 and 4 parallel associations to each receiver, all on
 loopback in this run, and the script prints instances/s, MB/s and the ratio
 to storescp. libra-node fsyncs every instance and its ledger row before it
 acknowledges; storescp does not fsync at all, Orthanc leaves it to the OS.
+A last row writes the same files to the same disk with fsync and no network
+at all: the most any receiver that acknowledges only what is on disk can
+reach over one association here.
 
     .venv/bin/python bench/ingest.py [--instances 16] [--rounds 2]
 """
@@ -157,6 +160,29 @@ def measure(
     return name, best
 
 
+def durable_write_seconds(files: list[Path], folder: Path, rounds: int) -> float:
+    """Best time to write every file, fsync it and its folder, one after another."""
+    best = float("inf")
+    contents = [f.read_bytes() for f in files]
+    for round_number in range(rounds):
+        target = folder / f"durable-{round_number}"
+        target.mkdir()
+        started = time.perf_counter()
+        directory = os.open(target, os.O_RDONLY)
+        try:
+            for index, content in enumerate(contents):
+                with open(target / f"{index:03d}.dcm", "wb") as out:
+                    out.write(content)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.fsync(directory)
+        finally:
+            os.close(directory)
+        best = min(best, time.perf_counter() - started)
+        shutil.rmtree(target, ignore_errors=True)
+    return best
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=16)
@@ -175,6 +201,8 @@ def main() -> int:
             results = [measure(start, files, associations, args.rounds, workdir)
                        for start in (storescp, libra_node, orthanc)]
             reference = results[0][1]
+            if associations == 1:
+                results.append(("disk write+fsync only", durable_write_seconds(files, workdir, args.rounds)))
             for name, seconds in results:
                 print(f"{name:<22} {associations:>5} {len(files) / seconds:>8.2f} "
                       f"{total_mb / seconds:>8.1f} {reference / seconds:>12.2f}")
