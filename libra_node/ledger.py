@@ -45,7 +45,7 @@ studies = sa.Table(
     "studies",
     metadata,
     sa.Column("study_uid", sa.String(64), primary_key=True),
-    sa.Column("patient_id", sa.Text, nullable=False, default=""),
+    sa.Column("patient_id", sa.Text, nullable=False, default="", index=True),
     sa.Column("issuer_of_patient_id", sa.Text, nullable=False, default=""),
     sa.Column("study_date", sa.Text, nullable=False, default=""),
     sa.Column("study_time", sa.Text, nullable=False, default=""),
@@ -239,6 +239,22 @@ def create_ledger_engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def _add_missing_indexes(engine: Engine) -> None:
+    """Indexes added in a later release, for ledgers created before it.
+
+    ``create_all`` creates a table's indexes only with the table itself.
+    """
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            try:
+                index.create(engine, checkfirst=True)
+            except sa.exc.DBAPIError:
+                # Another of the node's processes, opening the ledger at the same time, won.
+                existing = {found["name"] for found in sa.inspect(engine).get_indexes(table.name)}
+                if index.name not in existing:
+                    raise
+
+
 class Ledger:
     """Study, series and instance rows plus each study's state machine."""
 
@@ -246,6 +262,7 @@ class Ledger:
         self.url = url
         self.engine = create_ledger_engine(url)
         metadata.create_all(self.engine)
+        _add_missing_indexes(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

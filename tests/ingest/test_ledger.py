@@ -143,3 +143,33 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path):
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
     ledger.close()
+
+
+def test_a_patients_studies_are_found_by_index(ledger):
+    assert "ix_studies_patient_id" in {
+        index["name"] for index in sa.inspect(ledger.engine).get_indexes("studies")
+    }
+    if ledger.engine.dialect.name == "sqlite":
+        with ledger.engine.connect() as connection:
+            plan = " ".join(
+                str(row[-1]) for row in connection.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN SELECT * FROM studies WHERE patient_id = 'P1'"
+                )
+            )
+        assert "USING INDEX ix_studies_patient_id" in plan
+
+
+def test_a_ledger_from_before_the_index_gets_it_when_opened(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    Ledger(url).close()
+    old = sa.create_engine(url)
+    with old.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_studies_patient_id")
+    old.dispose()
+
+    ledger = Ledger(url)
+
+    assert "ix_studies_patient_id" in {
+        index["name"] for index in sa.inspect(ledger.engine).get_indexes("studies")
+    }
+    ledger.close()
