@@ -27,6 +27,7 @@ from libra_node.config import Settings, load_settings
 from libra_node.ledger import StudyState
 from libra_node.local_orthanc import free_port
 from libra_node.node import Node
+from libra_node.pacs.dimse import gate_reactor
 from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_study
 
 Print = Callable[[str], None]
@@ -69,8 +70,10 @@ def send(host: str, port: int, called: str, datasets: list) -> None:
     assoc = ae.associate(host, port, ae_title=called)
     if not assoc.is_established:
         raise RuntimeError(f"{called} at {host}:{port} refused the association")
+    pause_reactor = gate_reactor(assoc, timeout=30)
     try:
         for ds in datasets:
+            pause_reactor()
             status = assoc.send_c_store(ds)
             if not status or status.Status != 0:
                 raise RuntimeError(f"{called} did not store an instance")

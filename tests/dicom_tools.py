@@ -13,6 +13,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from libra_node.local_orthanc import free_port  # noqa: F401  (shared by the tests)
+from libra_node.pacs.dimse import gate_reactor
 
 
 def write_datasets(datasets: Iterable[Dataset], folder: Path) -> list[Path]:
@@ -63,10 +64,12 @@ def send_with_pynetdicom(
     if not assoc.is_established:
         raise ConnectionError("association not established")
     statuses = []
+    pause_reactor = gate_reactor(assoc, timeout=30)
     # Stream files as they are on disk instead of decoding and re-encoding them.
     _config.STORE_SEND_CHUNKED_DATASET = True
     try:
         for ds in datasets:
+            pause_reactor()
             status = assoc.send_c_store(ds)
             statuses.append(int(status.Status) if "Status" in status else -1)
     finally:

@@ -15,8 +15,9 @@ opening a study to report, and the instance is then read from the spool.
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -157,10 +158,73 @@ class AssociationWatch:
         )
 
 
+class ReactorGate:
+    """A stand-in for pynetdicom's reactor checkpoint that can tell when the reactor is stopped.
+
+    pynetdicom's association reactor polls the DIMSE queue between operations,
+    and ``send_c_find`` and friends pause it first. But their pause only
+    checks a flag the reactor sets just *before* it waits, so an operation
+    can start while the reactor is on its way out of the wait; the reactor
+    then takes the operation's response off the queue and drops it
+    ("Received unexpected C-FIND service message"). Under load that happens:
+    a pending answer goes missing, or the final one, and the operation times
+    out. This gate reports the reactor as stopped only while it is truly
+    blocked, and ``pause`` is called before every operation.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._open = True
+        self._reactor_blocked = False
+
+    # The threading.Event interface pynetdicom uses.
+    def is_set(self) -> bool:
+        return self._open
+
+    def set(self) -> None:
+        with self._condition:
+            self._open = True
+            self._condition.notify_all()
+
+    def clear(self) -> None:
+        with self._condition:
+            self._open = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._condition:
+            while not self._open:
+                self._reactor_blocked = True
+                self._condition.notify_all()
+                if not self._condition.wait(timeout) and timeout is not None:
+                    break
+            self._reactor_blocked = False
+            return self._open
+
+    def pause(self, timeout: float, reactor_alive: Callable[[], bool]) -> bool:
+        """Close the gate and wait until the reactor is blocked at it (False: it never came)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            self._open = False
+            while not self._reactor_blocked:
+                left = deadline - time.monotonic()
+                if left <= 0 or not reactor_alive():
+                    return False
+                self._condition.wait(min(left, 0.05))
+            return True
+
+
+def gate_reactor(assoc: Association, timeout: float) -> Callable[[], bool]:
+    """Put a ReactorGate on an established association; call what it returns before each operation."""
+    gate = ReactorGate()
+    assoc._reactor_checkpoint = gate  # type: ignore[assignment]
+    return lambda: gate.pause(timeout, assoc.is_alive)
+
+
 @dataclass
 class _Session:
     assoc: Association
     watch: AssociationWatch
+    pause_reactor: Callable[[], bool]
 
 
 class DimsePacs(PacsClient):
@@ -233,6 +297,7 @@ class DimsePacs(PacsClient):
     def echo(self) -> None:
         operation = "C-ECHO"
         with self._associate(operation, [build_context(Verification)]) as session:
+            session.pause_reactor()
             status = session.assoc.send_c_echo()
             code = self._status_code(operation, status, session)
             if code != 0x0000:
@@ -266,11 +331,12 @@ class DimsePacs(PacsClient):
     def _series_images(self, study_uid: str, series: Dataset, session: _Session) -> list[Dataset]:
         """The image-level answers for one series, asked again when some are missing.
 
-        A PACS can answer an image-level C-FIND with success and too few
-        matches: Orthanc 1.10 sometimes does while it serves a C-GET at the
-        same time. Taken at face value, a prior's frontal image would be
-        passed over, so the answer is checked against the series' own count
-        (or against "a series is never empty" when the PACS gives none).
+        An answer can arrive short: a pending response lost on the way (as
+        pynetdicom's reactor once dropped them, see ReactorGate) or a PACS
+        that lists less than it holds. Taken at face value, a prior's frontal
+        image would be passed over, so the answer is checked against the
+        series' own count (or against "a series is never empty" when the
+        PACS gives none).
         """
         operation = "C-FIND (image level)"
         expected = _instances_in_series(series)
@@ -300,6 +366,7 @@ class DimsePacs(PacsClient):
         prepared = [as_part10(ds) for ds in datasets]
         with self._associate(operation, _storage_contexts(prepared)) as session:
             for ds in prepared:
+                session.pause_reactor()
                 status = session.assoc.send_c_store(ds)
                 code = self._status_code(operation, status, session)
                 if not _is_success_or_warning(code):
@@ -324,6 +391,7 @@ class DimsePacs(PacsClient):
         ]
         query = _instance_query(study_uid, series_uid, sop_uid)
         with self._associate(operation, contexts, roles, [(evt.EVT_C_STORE, on_store)]) as session:
+            session.pause_reactor()
             code = self._retrieve(operation, session.assoc.send_c_get(query, GET_MODEL), session)
         for ds in received:
             if ds.get("SOPInstanceUID") == sop_uid:
@@ -338,6 +406,7 @@ class DimsePacs(PacsClient):
         self.ledger.expect_retrieval(study_uid, seconds=self.timeout * 4)
         try:
             with self._associate(operation, [build_context(MOVE_MODEL)]) as session:
+                session.pause_reactor()
                 responses = session.assoc.send_c_move(query, self.move_destination, MOVE_MODEL)
                 code = self._retrieve(operation, responses, session)
         finally:
@@ -409,6 +478,7 @@ class DimsePacs(PacsClient):
             with self._associate(operation, [build_context(FIND_MODEL)]) as own_session:
                 return self._find(operation, query, own_session)
         answers: list[Dataset] = []
+        session.pause_reactor()
         for status, identifier in session.assoc.send_c_find(query, FIND_MODEL):
             code = self._status_code(operation, status, session)
             if code in PENDING:
@@ -452,7 +522,7 @@ class DimsePacs(PacsClient):
         if not assoc.is_established:
             raise self._association_failure(operation, watch, time.monotonic() - started)
         try:
-            yield _Session(assoc, watch)
+            yield _Session(assoc, watch, gate_reactor(assoc, self.timeout))
         finally:
             if assoc.is_established:
                 assoc.release()

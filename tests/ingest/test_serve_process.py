@@ -16,6 +16,7 @@ from pynetdicom import AE
 
 from dicom_tools import associate_result, free_port
 from libra_node.ledger import Ledger
+from libra_node.pacs.dimse import gate_reactor
 from libra_node.synthetic import SyntheticPatient, SyntheticStudy, make_chest_image
 
 READY_TIMEOUT = 30.0
@@ -74,12 +75,15 @@ def test_sigterm_finishes_the_open_association_then_exits_zero(tmp_path):
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(first.SOPClassUID, first.file_meta.TransferSyntaxUID)
     assoc = ae.associate("127.0.0.1", port, ae_title="LIBRA")
+    pause_reactor = gate_reactor(assoc, timeout=30)
+    pause_reactor()
     assert assoc.send_c_store(first).Status == 0
 
     process.send_signal(signal.SIGTERM)
     time.sleep(0.5)
 
     assert not associate_result(port)[0], "a new association was accepted after SIGTERM"
+    pause_reactor()
     assert assoc.send_c_store(second).Status == 0
     assoc.release()
     assert process.wait(timeout=20) == 0
@@ -100,9 +104,11 @@ def test_kill_9_loses_no_acknowledged_instance(tmp_path):
         ae.dimse_timeout = ae.network_timeout = 5
         ae.add_requested_context(instances[0].SOPClassUID, instances[0].file_meta.TransferSyntaxUID)
         assoc = ae.associate("127.0.0.1", port, ae_title="LIBRA")
+        pause_reactor = gate_reactor(assoc, timeout=5)
         for ds in instances:
             if not assoc.is_established:
                 return
+            pause_reactor()
             status = assoc.send_c_store(ds)
             if status and status.get("Status") == 0:
                 acknowledged.append(str(ds.SOPInstanceUID))

@@ -1,10 +1,10 @@
 """A PACS whose image-level C-FIND comes back short is asked again, never believed.
 
-Orthanc 1.10 sometimes answers an image-level C-FIND with success and no
-matches while it serves a C-GET at the same time, which once made the node
-pass over a prior's frontal image ("lateral views only"). That race cannot be
-produced on demand, so the PACS here is a pynetdicom Query/Retrieve SCP that
-leaves a series' images out of its first answers, as a real peer over TCP.
+A short answer once made the node pass over a prior's frontal image ("lateral
+views only"): pynetdicom's reactor had dropped a pending response (see
+test_reactor_gate). Whatever the cause, an answer with fewer images than the
+series holds is asked again. The PACS here is a pynetdicom Query/Retrieve SCP
+that leaves a series' images out of its first answers, as a real peer over TCP.
 """
 
 from __future__ import annotations
