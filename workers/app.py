@@ -3,7 +3,8 @@
 Two queues: ``io`` for network work (prior lookup and fetch, delivery), ``gpu``
 for inference, so that a slow PACS never holds a GPU and a busy GPU never
 holds a delivery. With ``broker.url`` empty the broker is embedded: kombu's
-filesystem transport in the node's state folder, no server to run.
+filesystem transport (made to write whole messages, see embedded_broker.py)
+in the node's state folder, no server to run.
 
 ``celery -A workers.app flower`` (and any other celery command) finds the app
 configured from the same settings as the node (``LIBRA_CONFIG`` and
@@ -18,6 +19,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from libra_node.config import Settings, load_settings
+from workers.embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 
 IO_QUEUE = "io"
 GPU_QUEUE = "gpu"
@@ -60,6 +62,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         transport_options = embedded_broker_options(settings)
     return {
         "broker_url": broker_url,
+        # The filesystem transport with whole-message writes (embedded_broker.py).
+        "broker_transport": None if settings.broker.url else EMBEDDED_TRANSPORT,
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "result_backend": settings.broker.result_backend or None,
