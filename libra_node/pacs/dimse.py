@@ -214,7 +214,10 @@ class ReactorGate:
 
 
 def gate_reactor(assoc: Association, timeout: float) -> Callable[[], bool]:
-    """Put a ReactorGate on an established association; call what it returns before each operation."""
+    """Put a ReactorGate on an established association.
+
+    Call what it returns before each operation on the association.
+    """
     gate = ReactorGate()
     assoc._reactor_checkpoint = gate  # type: ignore[assignment]
     return lambda: gate.pause(timeout, assoc.is_alive)
