@@ -17,6 +17,7 @@ import abc
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydicom.dataset import Dataset
 
@@ -72,6 +73,16 @@ class PacsTlsError(PacsError):
 
 class PacsRejected(PacsError):
     """The PACS refused or failed the request for a reason retrying will not fix."""
+
+
+def url_without_credentials(url: str) -> str:
+    """The URL as messages may show it: no user:password@ part."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def http_options(settings: Settings) -> dict[str, Any]:

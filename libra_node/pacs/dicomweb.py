@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from dicomweb_client import DICOMwebClient
@@ -32,6 +31,7 @@ from libra_node.pacs.base import (
     PacsTlsError,
     PacsUnavailable,
     http_options,
+    url_without_credentials,
 )
 from libra_node.pacs.encoding import as_part10
 from libra_node.pacs.query import (
@@ -76,16 +76,6 @@ class _PacsSession(requests.Session):
         return merged
 
 
-def _without_credentials(url: str) -> str:
-    """The URL as messages may show it: no user:password@ part."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def _ignore_bulk_data(tag: object, vr: object, uri: object) -> None:
     """Metadata names pixel data by URI; selection never needs it."""
     return None
@@ -112,7 +102,7 @@ class DicomWebPacs(PacsClient):
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.auth_kind = "token" if token else "basic" if username else "none"
-        self.peer = f"DICOMweb service {_without_credentials(self.url)}"
+        self.peer = f"DICOMweb service {url_without_credentials(self.url)}"
         self.session = _PacsSession()
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from orthanc_api_client import OrthancApiClient
@@ -43,6 +42,7 @@ from libra_node.pacs.base import (
     PacsRejected,
     PacsUnavailable,
     http_options,
+    url_without_credentials,
 )
 from libra_node.pacs.encoding import as_part10
 from libra_node.pacs.query import image_facts, matching_modalities
@@ -107,14 +107,6 @@ def _typed(vr: str, text: str) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _without_credentials(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host))
-
-
 class OrthancRestPacs(PacsClient):
     """An Orthanc server reached over its REST API."""
 
@@ -130,7 +122,7 @@ class OrthancRestPacs(PacsClient):
         timeout: float = 30.0,
     ) -> None:
         self.url = url.rstrip("/") + "/"
-        self.peer = f"Orthanc {_without_credentials(self.url.rstrip('/'))}"
+        self.peer = f"Orthanc {url_without_credentials(self.url.rstrip('/'))}"
         self.timeout = timeout
         self.auth_kind = "token" if token else "basic" if username else "none"
         # requests takes these per request; an explicit CA bundle or False wins
